@@ -1,0 +1,9 @@
+"""Knowledge-distillation anomaly detectors for anomalib.
+
+Use them as anomalib models: ``anomalib train --model anomalib_rdx.RDExpert --data ...``.
+"""
+
+from .models import RDExpert
+
+__all__ = ["RDExpert"]
+__version__ = "0.1.0"

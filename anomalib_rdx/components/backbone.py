@@ -1,0 +1,145 @@
+"""Teacher backbones: any timm CNN, validated and wrapped in anomalib's ``TimmFeatureExtractor``.
+
+Every model of the package reads its teacher (or expert) through :func:`build_feature_extractor`,
+so layer validation, feature-pyramid metadata and weight loading behave the same everywhere.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from anomalib.models.components import TimmFeatureExtractor
+
+from .weights import load_backbone_weights, resolve_weights_path
+
+
+class BackboneError(ValueError):
+    """Raised when a backbone or its layers cannot serve as a CNN feature pyramid."""
+
+
+@dataclass(frozen=True)
+class FeaturePyramid:
+    """Channels and strides of the feature levels a teacher returns (shallow to deep).
+
+    Attributes:
+        indices: timm ``out_indices`` of the selected levels.
+        names: Module names of the selected levels.
+        channels: Channels of each level.
+        reductions: Stride of each level relative to the input image.
+    """
+
+    indices: tuple[int, ...]
+    names: tuple[str, ...]
+    channels: tuple[int, ...]
+    reductions: tuple[int, ...]
+
+    @property
+    def total_stride(self) -> int:
+        """Stride of the deepest selected level."""
+        return self.reductions[-1]
+
+
+def describe_feature_pyramid(backbone: str, layers: Sequence[str | int]) -> FeaturePyramid:
+    """Check that ``backbone`` is a timm CNN with the requested ``layers`` and describe them.
+
+    Args:
+        backbone: timm model name, e.g. ``"wide_resnet50_2"`` or ``"efficientnet_lite0"``.
+        layers: Feature levels, as module names (``"layer1"``, ``"blocks.2"``) or as
+            ``features_only`` indices (``1``, ``2``, ``3``).
+
+    Returns:
+        The selected levels' channels and strides, shallow to deep.
+
+    Raises:
+        BackboneError: If the name is unknown to timm, the model has no ``features_only``
+            pyramid, a layer does not exist, or the levels are not strictly deeper one after
+            another (as in a vision transformer, whose levels all share one stride).
+    """
+    if not layers:
+        msg = f"`layers` is empty: give at least one feature level of backbone '{backbone}'."
+        raise BackboneError(msg)
+    if not timm.is_model(backbone):
+        msg = f"Backbone '{backbone}' is not a timm model name (see `timm.list_models()`)."
+        raise BackboneError(msg)
+    try:
+        model = timm.create_model(backbone, pretrained=False, features_only=True, exportable=True)
+    except Exception as error:  # timm raises RuntimeError/ValueError/AssertionError here
+        msg = f"Backbone '{backbone}' cannot be built as a timm `features_only` CNN: {error}"
+        raise BackboneError(msg) from error
+    info = model.feature_info.info
+    names = [level["module"] for level in info]
+    indices: list[int] = []
+    for layer in layers:
+        if isinstance(layer, int) and 0 <= layer < len(info):
+            indices.append(layer)
+        elif isinstance(layer, str) and layer in names:
+            indices.append(names.index(layer))
+        else:
+            available = ", ".join(f"{i}:{name}" for i, name in enumerate(names))
+            msg = f"Layer {layer!r} is not a feature level of backbone '{backbone}'. Available levels: {available}."
+            raise BackboneError(msg)
+    reductions = [info[i]["reduction"] for i in indices]
+    if any(later <= earlier for earlier, later in zip(reductions, reductions[1:], strict=False)):
+        msg = (
+            f"Backbone '{backbone}' with layers {list(layers)} gives strides {reductions}: the levels must get "
+            "strictly coarser for a student decoder to mirror them. Use a CNN (ResNet, EfficientNet, VGG, ...) "
+            "and list its levels from shallow to deep."
+        )
+        raise BackboneError(msg)
+    return FeaturePyramid(
+        indices=tuple(indices),
+        names=tuple(names[i] for i in indices),
+        channels=tuple(info[i]["num_chs"] for i in indices),
+        reductions=tuple(reductions),
+    )
+
+
+def build_feature_extractor(
+    backbone: str,
+    layers: Sequence[str | int],
+    pre_trained: bool = True,
+    backbone_weights: str | Path | None = None,
+    requires_grad: bool = False,
+) -> tuple[TimmFeatureExtractor, FeaturePyramid]:
+    """Build a teacher as anomalib's ``TimmFeatureExtractor`` with validated layers and weights.
+
+    Args:
+        backbone: timm model name.
+        layers: Feature levels (names or ``features_only`` indices), shallow to deep.
+        pre_trained: Load timm's pretrained weights (download) when no ``backbone_weights`` is given.
+        backbone_weights: Local weights file, or the name of an installed weights package
+            (see :func:`anomalib_rdx.components.weights.resolve_weights_path`). Takes precedence over
+            ``pre_trained``.
+        requires_grad: Whether the extractor is trainable (RD with Expert's teacher) or frozen.
+
+    Returns:
+        The feature extractor and the description of its feature pyramid.
+    """
+    pyramid = describe_feature_pyramid(backbone, layers)
+    download = pre_trained and backbone_weights is None
+    try:
+        extractor = TimmFeatureExtractor(
+            backbone=backbone,
+            layers=list(pyramid.indices),
+            pre_trained=download,
+            requires_grad=requires_grad,
+        )
+    except Exception as error:
+        if not download:
+            raise
+        msg = (
+            f"Could not fetch timm's pretrained weights for backbone '{backbone}' ({error}). Offline, pass a local "
+            "weights file with `backbone_weights=...`, or `pre_trained=False` to start from random weights."
+        )
+        raise RuntimeError(msg) from error
+    if backbone_weights is not None:
+        load_backbone_weights(extractor.feature_extractor, resolve_weights_path(backbone_weights), backbone)
+    return extractor, pyramid
+
+
+def set_trainable(module: torch.nn.Module, trainable: bool) -> None:
+    """Switch gradients of every parameter of ``module`` on or off."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(trainable)

@@ -1,0 +1,62 @@
+"""Lightning base shared by the package's distillation models.
+
+It fixes what the four models have in common as anomalib models: a pre-processor that only resizes
+(the model normalises inside, see :mod:`anomalib_rdx.components.normalization`), one-class learning,
+no gradient clipping, and validation that stores anomaly maps and scores for anomalib's
+post-processor and evaluator.
+"""
+
+from typing import Any
+
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.data.transforms.utils import extract_transforms_by_type
+from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+DEFAULT_IMAGE_SIZE = (256, 256)
+
+
+class DistillationModule(AnomalibModule):
+    """Base for models whose torch model takes ``[0, 1]`` images and returns anomalib's ``InferenceBatch``."""
+
+    def _require_input_size(self) -> tuple[int, int]:
+        """Return the pre-processor's output size, checking that it does not normalise."""
+        if self.pre_processor and extract_transforms_by_type(self.pre_processor.transform, Normalize):
+            msg = (
+                f"{self.name} normalises images for its teacher itself: give it a pre_processor without "
+                "Normalize (e.g. `PreProcessor(transform=Resize((256, 256)))`)."
+            )
+            raise ValueError(msg)
+        if self.input_size is None:
+            msg = f"{self.name} needs a pre_processor that resizes images to a fixed size."
+            raise ValueError(msg)
+        return tuple(int(side) for side in self.input_size)
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only: ImageNet normalisation happens inside the model.
+
+        Args:
+            image_size: Target size. Defaults to ``(256, 256)``.
+        """
+        transform = Compose([Resize(image_size or DEFAULT_IMAGE_SIZE, antialias=True)])
+        return PreProcessor(transform=transform)
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Store anomaly maps and scores of a validation batch."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping (manual optimisation forbids it) and no sanity validation."""
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """Trained on normal images only."""
+        return LearningType.ONE_CLASS

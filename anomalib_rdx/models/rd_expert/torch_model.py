@@ -1,0 +1,136 @@
+"""PyTorch model of RD with Expert (Liu et al., "Unlocking the Potential of Reverse Distillation for
+Anomaly Detection", AAAI 2025).
+
+Three networks:
+    - **expert**: the pretrained encoder, frozen; only used in training.
+    - **teacher**: a trainable copy of the expert (same architecture and weights at the start).
+    - **student**: a one-class bottleneck and a decoder that mirrors the teacher, with Guided
+      Information Injection between decoder stages (:mod:`.gii`).
+
+At inference the anomaly map is the sum over scales of ``1 - cos(teacher, student)``, upsampled to
+the input size and blurred with a Gaussian of sigma 4; the image score is the map's maximum.
+"""
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
+from torch import nn
+
+from anomalib_rdx.components import (
+    ImageNetNormalization,
+    build_feature_extractor,
+    build_student,
+    check_input_size,
+    set_trainable,
+)
+
+from .gii import GuidedInformationInjection
+
+GIIMode = Literal["gated", "ungated", "off"]
+
+
+class RDExpertModel(nn.Module):
+    """Expert-teacher-student network with Guided Information Injection.
+
+    Args:
+        backbone: timm CNN used for expert and teacher.
+        layers: Teacher levels, shallow to deep (names or ``features_only`` indices).
+        input_size: Image size ``(H, W)`` the model is fed.
+        pre_trained: Download timm's pretrained weights when ``backbone_weights`` is not given.
+        backbone_weights: Local weights file (or installed weights package name) for expert and teacher.
+        use_expert: With the expert, the teacher is trained (RD with Expert); without, the teacher is
+            frozen and only the student learns (plain reverse distillation training).
+        gii_mode: ``"gated"`` (GII), ``"ungated"`` (skip connection without gate) or ``"off"``.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str | int],
+        input_size: tuple[int, int],
+        pre_trained: bool = True,
+        backbone_weights: str | Path | None = None,
+        use_expert: bool = True,
+        gii_mode: GIIMode = "gated",
+    ) -> None:
+        super().__init__()
+        if gii_mode not in {"gated", "ungated", "off"}:
+            msg = f"gii_mode must be 'gated', 'ungated' or 'off', got {gii_mode!r}."
+            raise ValueError(msg)
+        self.normalize = ImageNetNormalization()
+        self.teacher, pyramid = build_feature_extractor(
+            backbone,
+            layers,
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            requires_grad=use_expert,
+        )
+        check_input_size(input_size, pyramid, backbone)
+        self.expert: nn.Module | None = None
+        if use_expert:
+            self.expert = copy.deepcopy(self.teacher)
+            self.expert.requires_grad = False
+            set_trainable(self.expert, trainable=False)
+        else:
+            set_trainable(self.teacher, trainable=False)
+        self.bottleneck, self.decoder = build_student(backbone, pyramid)
+        channels = pyramid.channels
+        # One injection before every decoder stage but the first: stage k starts from level n-k.
+        self.gii = nn.ModuleList(
+            []
+            if gii_mode == "off"
+            else [
+                GuidedInformationInjection(channels[level], channels[level - 1], gated=gii_mode == "gated")
+                for level in range(len(channels) - 1, 0, -1)
+            ],
+        )
+        self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=AnomalyMapGenerationMode.ADD)
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        """Parameters the student optimiser updates: bottleneck, decoder and GII."""
+        return [*self.bottleneck.parameters(), *self.decoder.parameters(), *self.gii.parameters()]
+
+    def expert_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen expert features of normalised images, shallow to deep."""
+        if self.expert is None:
+            msg = "This RDExpertModel was built with use_expert=False and has no expert."
+            raise RuntimeError(msg)
+        return list(self.expert(images).values())
+
+    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher features of normalised images, shallow to deep."""
+        return list(self.teacher(images).values())
+
+    def student_features(self, teacher_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Reconstruct the teacher's features from its one-class embedding, shallow to deep."""
+        feature = self.bottleneck(list(teacher_features))
+        outputs = []
+        deepest = len(teacher_features) - 1
+        for stage_index, stage in enumerate(self.decoder.stages):
+            if stage_index > 0 and len(self.gii) > 0:
+                level = deepest - stage_index + 1  # level that `feature` reconstructs
+                injection = self.gii[stage_index - 1]
+                feature = injection(feature, teacher_features[level], teacher_features[level - 1])
+            feature = stage(feature)
+            outputs.append(feature)
+        return outputs[::-1]
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Score ``[0, 1]`` images.
+
+        Returns:
+            In training mode, teacher and student features; in evaluation mode, anomalib's
+            ``InferenceBatch`` with the anomaly map and the image score (map maximum).
+        """
+        teacher_features = self.teacher_features(self.normalize(images))
+        student_features = self.student_features(teacher_features)
+        if self.training:
+            return teacher_features, student_features
+        anomaly_map = self.anomaly_map_generator(teacher_features, student_features)
+        pred_score = torch.amax(anomaly_map, dim=(-2, -1))
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
