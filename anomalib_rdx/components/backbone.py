@@ -6,6 +6,7 @@ so layer validation, feature-pyramid metadata and weight loading behave the same
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import timm
@@ -81,7 +82,7 @@ def describe_feature_pyramid(backbone: str, layers: Sequence[str | int]) -> Feat
             msg = f"Layer {layer!r} is not a feature level of backbone '{backbone}'. Available levels: {available}."
             raise BackboneError(msg)
     reductions = [info[i]["reduction"] for i in indices]
-    if any(later <= earlier for earlier, later in zip(reductions, reductions[1:], strict=False)):
+    if any(later <= earlier for earlier, later in pairwise(reductions)):
         msg = (
             f"Backbone '{backbone}' with layers {list(layers)} gives strides {reductions}: the levels must get "
             "strictly coarser for a student decoder to mirror them. Use a CNN (ResNet, EfficientNet, VGG, ...) "

@@ -6,6 +6,7 @@ no gradient clipping, and validation that stores anomaly maps and scores for ano
 post-processor and evaluator.
 """
 
+from pathlib import Path
 from typing import Any
 
 from anomalib import LearningType
@@ -44,6 +45,20 @@ class DistillationModule(AnomalibModule):
         """
         transform = Compose([Resize(image_size or DEFAULT_IMAGE_SIZE, antialias=True)])
         return PreProcessor(transform=transform)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Refuse to train on a datamodule without training images, naming its folder."""
+        super().setup(stage)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        train_data = getattr(datamodule, "train_data", None)
+        if stage == "fit" and train_data is not None and len(train_data) == 0:
+            root = getattr(datamodule, "root", None)
+            where = Path(root) / getattr(datamodule, "category", "") if root is not None else type(datamodule).__name__
+            msg = (
+                f"No training images in '{where}': {self.name} learns from normal images, expected in its "
+                "train/good folder."
+            )
+            raise ValueError(msg)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Store anomaly maps and scores of a validation batch."""

@@ -36,7 +36,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Se
 
 
 def _halvings(ratio: int, what: str) -> int:
-    """Number of factor-2 steps in ``ratio``; the pyramid's strides must differ by powers of two."""
+    """Count the factor-2 steps in ``ratio``; the pyramid's strides must differ by powers of two."""
     steps = round(math.log2(ratio)) if ratio > 0 else -1
     if steps < 0 or 2**steps != ratio:
         msg = f"{what}: stride ratio {ratio} is not a power of two, so the student cannot mirror it."
@@ -57,7 +57,9 @@ class PyramidBottleneck(nn.Module):
         embedding_channels: Channels of the embedding. Defaults to twice the deepest level's.
     """
 
-    def __init__(self, channels: Sequence[int], reductions: Sequence[int], embedding_channels: int | None = None) -> None:
+    def __init__(
+        self, channels: Sequence[int], reductions: Sequence[int], embedding_channels: int | None = None
+    ) -> None:
         super().__init__()
         deepest = channels[-1]
         self.embedding_channels = embedding_channels or 2 * deepest
@@ -86,7 +88,7 @@ class PyramidBottleneck(nn.Module):
 
 
 def _upsampling_stage(in_channels: int, out_channels: int, factor_steps: int) -> nn.Sequential:
-    """Decoder stage from anomalib's ``DecoderBasicBlock``: ``factor_steps`` 2x upsamplings, then one refinement."""
+    """Build a stage of anomalib's ``DecoderBasicBlock``: ``factor_steps`` 2x upsamplings, then a refinement."""
     blocks: list[nn.Module] = []
     width = in_channels
     for _ in range(factor_steps):

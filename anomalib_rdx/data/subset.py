@@ -24,11 +24,10 @@ def make_mvtec_subset(
     train_good: int | None = None,
     test_good: int | None = None,
     test_per_defect: int | None = None,
-    copy: bool = False,
 ) -> Path:
     """Write an MVTec-layout subset of ``source`` to ``destination``.
 
-    Images are taken evenly spread over each sorted folder, so a subset covers the whole folder.
+    Files are copied. Images are taken evenly spread over each sorted folder, so a subset covers the whole folder.
     Defect masks (``ground_truth/<defect>/<stem>_mask.png``) come along with their images. Splits are
     never mixed: train images stay in train, test images in test.
 
@@ -38,7 +37,6 @@ def make_mvtec_subset(
         train_good: Number of ``train/good`` images (all when ``None``).
         test_good: Number of ``test/good`` images (all when ``None``).
         test_per_defect: Number of images per defect type (all when ``None``).
-        copy: Copy files instead of symlinking them.
 
     Returns:
         ``destination``.
@@ -58,10 +56,7 @@ def make_mvtec_subset(
     def place(path: Path) -> None:
         target = destination / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if copy:
-            shutil.copyfile(path, target)
-        else:
-            target.symlink_to(path.resolve())
+        shutil.copyfile(path, target)  # anomalib's MVTecAD scanner skips symlinks
 
     for path in _spread(_images(source / "train" / "good"), train_good):
         place(path)

@@ -1,5 +1,6 @@
-"""PyTorch model of RD with Expert (Liu et al., "Unlocking the Potential of Reverse Distillation for
-Anomaly Detection", AAAI 2025).
+"""PyTorch model of RD with Expert (Liu et al., AAAI 2025).
+
+Paper: "Unlocking the Potential of Reverse Distillation for Anomaly Detection".
 
 Three networks:
     - **expert**: the pretrained encoder, frozen; only used in training.

@@ -1,0 +1,70 @@
+"""Run the real ``anomalib`` CLI in a subprocess and compare exported models with PyTorch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from anomalib.data.utils import read_image
+from anomalib.deploy import OpenVINOInferencer
+from anomalib.models.components import AnomalibModule
+
+ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
+# OpenVINO's CPU plugin runs FP32 IRs in bfloat16 on CPUs with AMX/AVX512-BF16 unless told otherwise;
+# parity is measured at the IR's own precision.
+OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def run_anomalib(*args: str, cwd: Path) -> str:
+    """Run ``anomalib <args>``; fail with its output if it exits non-zero."""
+    result = subprocess.run([ANOMALIB, *args], cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"anomalib {' '.join(args)} failed:\n{output[-4000:]}"
+    return output
+
+
+def data_args(root: Path, category: str = "magnetic_tile") -> list[str]:
+    """MVTecAD datamodule on an MVTec-layout folder, thresholds from synthetic anomalies of train images."""
+    return [
+        "--data", "anomalib.data.MVTecAD",
+        "--data.root", str(root),
+        "--data.category", category,
+        "--data.val_split_mode", "synthetic",
+        "--data.val_split_ratio", "0.2",
+        "--data.train_batch_size", "8",
+        "--data.eval_batch_size", "8",
+        "--data.num_workers", "0",
+    ]  # fmt: skip
+
+
+def only_checkpoint(folder: Path) -> Path:
+    """The single Lightning checkpoint written under ``folder``."""
+    checkpoints = sorted(folder.rglob("*.ckpt"))
+    assert len(checkpoints) == 1, checkpoints
+    return checkpoints[0]
+
+
+def openvino_torch_difference(model: AnomalibModule, xml: Path, images: list[Path]) -> tuple[float, float]:
+    """Largest absolute difference of anomaly maps and of image scores, OpenVINO IR vs PyTorch.
+
+    Both sides run the whole exported pipeline (resize, model, anomalib's normalisation) on the same
+    image files.
+    """
+    inferencer = OpenVINOInferencer(path=xml, device="CPU", config=OPENVINO_FP32)
+    model.eval()
+    map_difference = score_difference = 0.0
+    for path in images:
+        image = read_image(path, as_tensor=True)
+        with torch.no_grad():
+            expected = model(image[None])
+        actual = inferencer.predict(image)
+        map_difference = max(
+            map_difference,
+            float(np.abs(np.asarray(actual.anomaly_map).squeeze() - expected.anomaly_map.numpy().squeeze()).max()),
+        )
+        score_difference = max(
+            score_difference,
+            float(np.abs(np.asarray(actual.pred_score).ravel() - expected.pred_score.numpy().ravel()).max()),
+        )
+    return map_difference, score_difference

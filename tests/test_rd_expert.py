@@ -1,0 +1,193 @@
+"""RDExpert: loss terms, Guided Information Injection, ablation switches and training steps on real images."""
+
+import pytest
+import torch
+from anomalib.data import ImageBatch, InferenceBatch
+from lightning.pytorch import Trainer
+from torch.nn import functional as F  # noqa: N812
+
+from anomalib_rdx import RDExpert
+from anomalib_rdx.models.rd_expert.gii import GuidedInformationInjection, gate_features
+from anomalib_rdx.models.rd_expert.loss import RDExpertLoss
+
+
+def _model(teacher: dict, size: int = 64, **kwargs: object) -> RDExpert:
+    return RDExpert(**teacher, pre_processor=RDExpert.configure_pre_processor((size, size)), **kwargs)
+
+
+def _features(seed: int, shapes: tuple = ((2, 8, 16, 16), (2, 16, 8, 8))) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(shape, generator=generator) + 0.1 for shape in shapes]
+
+
+class TestLoss:
+    def test_teacher_loss_is_zero_when_teacher_is_expert_and_no_anomaly(self) -> None:
+        features = _features(0)
+        mask = torch.zeros(2, 1, 64, 64)
+        assert RDExpertLoss.teacher_loss(features, features, features, features, mask).item() == pytest.approx(
+            0, abs=1e-6
+        )
+
+    def test_mask_term_asks_for_distance_where_the_anomaly_is(self) -> None:
+        features = _features(0)
+        # teacher == expert everywhere, but the mask says "anomaly everywhere": L1(0, 1) = 1 per scale.
+        mask = torch.ones(2, 1, 64, 64)
+        assert RDExpertLoss.teacher_loss(features, features, features, features, mask).item() == pytest.approx(2.0)
+
+    def test_normal_term_is_per_pixel_cosine_distance(self) -> None:
+        expert = [torch.zeros(1, 2, 4, 4).index_fill_(1, torch.tensor([0]), 1.0)]  # every pixel (1, 0)
+        teacher = [torch.zeros(1, 2, 4, 4).index_fill_(1, torch.tensor([1]), 1.0)]  # every pixel (0, 1): orthogonal
+        mask = torch.zeros(1, 1, 16, 16)
+        loss = RDExpertLoss.teacher_loss(teacher, expert, expert, expert, mask)
+        assert loss.item() == pytest.approx(1.0)  # only the normal term: 1 - cos = 1
+
+    def test_student_loss_targets_teacher_and_expert_of_normal_image(self) -> None:
+        teacher, expert = _features(0), _features(1)
+        assert RDExpertLoss.student_loss(teacher, teacher, teacher, teacher).item() == pytest.approx(0, abs=1e-6)
+        one_term = RDExpertLoss.student_loss(teacher, teacher, teacher, expert).item()
+        flat = sum(
+            (1 - F.cosine_similarity(t.flatten(1), e.flatten(1))).mean().item()
+            for t, e in zip(teacher, expert, strict=True)
+        )
+        assert one_term == pytest.approx(2 * flat, rel=1e-5)  # student_normal and student_augmented vs expert
+
+
+class TestGuidedInformationInjection:
+    def test_gate_passes_teacher_at_one_and_decoder_at_zero(self) -> None:
+        teacher, decoder = torch.full((1, 4, 2, 2), 3.0), torch.full((1, 4, 2, 2), -1.0)
+        assert torch.equal(gate_features(teacher, decoder, torch.ones(1, 1, 2, 2)), teacher)
+        assert torch.equal(gate_features(teacher, decoder, torch.zeros(1, 1, 2, 2)), decoder)
+        half = gate_features(teacher, decoder, torch.full((1, 1, 2, 2), 0.5))
+        assert torch.allclose(half, torch.ones_like(half))
+
+    def test_similarity_is_per_pixel_cosine_without_gradient(self) -> None:
+        module = GuidedInformationInjection(channels=4, shallower_channels=2)
+        decoder = torch.rand(1, 4, 3, 3, requires_grad=True)
+        similarity = module.similarity(decoder, decoder.detach())
+        assert torch.allclose(similarity, torch.ones(1, 1, 3, 3), atol=1e-6)
+        assert not similarity.requires_grad
+        opposite = module.similarity(decoder, -decoder.detach())
+        assert torch.equal(opposite, torch.zeros(1, 1, 3, 3))  # clamped convex gate
+
+    def test_ungated_skip_passes_teacher_everywhere(self) -> None:
+        module = GuidedInformationInjection(channels=4, shallower_channels=2, gated=False)
+        assert torch.equal(module.similarity(torch.rand(1, 4, 3, 3), -torch.rand(1, 4, 3, 3)), torch.ones(1, 1, 3, 3))
+
+    def test_anomalous_decoder_region_blocks_teacher_detail(self) -> None:
+        torch.manual_seed(0)
+        module = GuidedInformationInjection(channels=4, shallower_channels=2).eval()
+        teacher = torch.rand(1, 4, 6, 6) + 0.1
+        shallower = torch.rand(1, 2, 12, 12)
+        agreeing = module(teacher.clone(), teacher, shallower)
+        changed_teacher = teacher.clone()
+        changed_teacher[..., :3] = torch.rand(1, 4, 6, 3) + 0.1
+        # The decoder disagrees with the changed teacher on the left half only.
+        output = module(teacher.clone(), changed_teacher, shallower)
+        left_gate = module.similarity(teacher, changed_teacher)[..., :3]
+        assert left_gate.mean() < 1.0
+        assert not torch.allclose(output[..., :3], agreeing[..., :3])
+
+
+class TestModelAndAblations:
+    def test_paper_defaults(self) -> None:
+        model = RDExpert(pre_trained=False)
+        assert model.hparams.backbone == "wide_resnet50_2"
+        assert list(model.hparams.layers) == ["layer1", "layer2", "layer3"]
+        assert model.input_size == (256, 256)
+        assert (model.teacher_lr, model.student_lr, model.betas) == (1e-4, 5e-3, (0.5, 0.999))
+        assert len(model.model.gii) == 2
+        assert all(injection.gated for injection in model.model.gii)
+
+    def test_expert_off_freezes_teacher_and_has_one_optimizer(self, lite0_teacher: dict) -> None:
+        model = _model(lite0_teacher, use_expert=False)
+        assert model.model.expert is None
+        assert not any(p.requires_grad for p in model.model.teacher.parameters())
+        assert len(model.configure_optimizers()) == 1
+
+    def test_expert_on_has_frozen_expert_equal_to_teacher(self, lite0_teacher: dict) -> None:
+        model = _model(lite0_teacher)
+        assert not any(p.requires_grad for p in model.model.expert.parameters())
+        assert all(p.requires_grad for p in model.model.teacher.parameters())
+        for (_, expert), (_, teacher) in zip(
+            model.model.expert.state_dict().items(), model.model.teacher.state_dict().items(), strict=True
+        ):
+            assert torch.equal(expert, teacher)
+        assert len(model.configure_optimizers()) == 2
+
+    @pytest.mark.parametrize(("mode", "count", "gated"), [("off", 0, None), ("ungated", 2, False), ("gated", 2, True)])
+    def test_gii_switch(self, lite0_teacher: dict, mode: str, count: int, gated: bool | None) -> None:
+        model = _model(lite0_teacher, gii_mode=mode)
+        assert len(model.model.gii) == count
+        assert all(injection.gated is gated for injection in model.model.gii)
+
+    def test_invalid_gii_mode(self, lite0_teacher: dict) -> None:
+        with pytest.raises(ValueError, match="gii_mode"):
+            _model(lite0_teacher, gii_mode="sometimes")
+
+    def test_normalize_in_pre_processor_is_refused(self, lite0_teacher: dict) -> None:
+        from anomalib.pre_processing import PreProcessor
+        from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+        transform = Compose([Resize((64, 64)), Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
+        with pytest.raises(ValueError, match="Normalize"):
+            RDExpert(**lite0_teacher, pre_processor=PreProcessor(transform=transform))
+
+    def test_image_size_that_does_not_fit_the_stride(self, lite0_teacher: dict) -> None:
+        with pytest.raises(ValueError, match="multiple of 32"):
+            _model(lite0_teacher, size=48)
+
+    def test_inference_returns_map_and_max_score(self, lite0_teacher: dict, sample_images: torch.Tensor) -> None:
+        model = _model(lite0_teacher).eval()
+        with torch.no_grad():
+            output = model.model(sample_images)
+        assert isinstance(output, InferenceBatch)
+        assert output.anomaly_map.shape == (4, 1, 64, 64)
+        assert torch.isfinite(output.anomaly_map).all()
+        assert torch.allclose(output.pred_score.flatten(), output.anomaly_map.amax(dim=(-3, -2, -1)))
+
+
+def _train_steps(model: RDExpert, images: torch.Tensor, steps: int) -> None:
+    """Run real training steps through Lightning on a fixed batch."""
+
+    class Loader(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return steps
+
+        def __getitem__(self, index: int) -> ImageBatch:
+            return images
+
+    loader = torch.utils.data.DataLoader(
+        Loader(),
+        batch_size=None,
+        collate_fn=lambda batch: ImageBatch(image=batch),
+    )
+    trainer = Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    trainer.fit(model, train_dataloaders=loader)
+
+
+@pytest.mark.parametrize("use_expert", [True, False])
+def test_training_step_updates_the_right_networks(
+    lite0_teacher: dict, sample_images: torch.Tensor, use_expert: bool
+) -> None:
+    torch.manual_seed(0)
+    model = _model(lite0_teacher, use_expert=use_expert)
+    teacher_before = [p.detach().clone() for p in model.model.teacher.parameters()]
+    student_before = [p.detach().clone() for p in model.model.student_parameters()]
+    expert_before = [p.detach().clone() for p in model.model.expert.parameters()] if use_expert else []
+    _train_steps(model, sample_images, steps=2)
+    teacher_changed = any(
+        not torch.equal(a, b) for a, b in zip(teacher_before, model.model.teacher.parameters(), strict=True)
+    )
+    student_changed = any(
+        not torch.equal(a, b) for a, b in zip(student_before, model.model.student_parameters(), strict=True)
+    )
+    assert student_changed
+    assert teacher_changed is use_expert
+    if use_expert:
+        assert all(torch.equal(a, b) for a, b in zip(expert_before, model.model.expert.parameters(), strict=True))
+    metrics = model.trainer.logged_metrics
+    assert torch.isfinite(metrics["train_student_loss_epoch"])
+    if use_expert:
+        assert torch.isfinite(metrics["train_teacher_loss_epoch"])
