@@ -3,7 +3,7 @@
 Use them as anomalib models: ``anomalib train --model anomalib_rdx.RDExpert --data ...``.
 """
 
-from .models import RDExpert
+from .models import AugmentedRD, RDExpert
 
-__all__ = ["RDExpert"]
+__all__ = ["AugmentedRD", "RDExpert"]
 __version__ = "0.1.0"

@@ -73,23 +73,34 @@ def _teacher_kwargs(config: BenchmarkConfig) -> dict:
     }
 
 
-def _rd_expert(config: BenchmarkConfig, **overrides: object) -> AnomalibModule:
+def _build(model_class: type[AnomalibModule], config: BenchmarkConfig, **overrides: object) -> AnomalibModule:
     size = (config.image_size, config.image_size)
-    return anomalib_rdx.RDExpert(
+    return model_class(
         **_teacher_kwargs(config),
         **overrides,
-        pre_processor=anomalib_rdx.RDExpert.configure_pre_processor(size),
+        pre_processor=model_class.configure_pre_processor(size),
         evaluator=benchmark_evaluator(),
     )
 
 
-MODELS: dict[str, Callable[[BenchmarkConfig], AnomalibModule]] = {
-    "RDExpert": _rd_expert,
-    "RDExpert-plain": lambda config: _rd_expert(config, use_expert=False, gii_mode="off"),
-    "RDExpert-noGII": lambda config: _rd_expert(config, gii_mode="off"),
-    "RDExpert-ungated": lambda config: _rd_expert(config, gii_mode="ungated"),
+_NO_AUGMENTATION = {
+    "color_jitter_probability": 0.0,
+    "blur_probability": 0.0,
+    "noise_probability": 0.0,
+    "anomaly_probability": 0.0,
+    "flip_probability": 0.0,
 }
-"""Model name -> factory. ``-plain``: expert and GII off, i.e. plain reverse distillation."""
+
+
+MODELS: dict[str, Callable[[BenchmarkConfig], AnomalibModule]] = {
+    "RDExpert": lambda config: _build(anomalib_rdx.RDExpert, config),
+    "RDExpert-plain": lambda config: _build(anomalib_rdx.RDExpert, config, use_expert=False, gii_mode="off"),
+    "RDExpert-noGII": lambda config: _build(anomalib_rdx.RDExpert, config, gii_mode="off"),
+    "RDExpert-ungated": lambda config: _build(anomalib_rdx.RDExpert, config, gii_mode="ungated"),
+    "AugmentedRD": lambda config: _build(anomalib_rdx.AugmentedRD, config),
+    "AugmentedRD-plain": lambda config: _build(anomalib_rdx.AugmentedRD, config, **_NO_AUGMENTATION),
+}
+"""Model name -> factory. ``-plain`` variants are plain reverse distillation with the same teacher."""
 
 
 def benchmark_evaluator() -> Evaluator:

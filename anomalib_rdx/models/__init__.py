@@ -1,5 +1,6 @@
 """Models of ``anomalib_rdx``, one sub-package each, laid out like anomalib's own."""
 
+from .augmented_rd import AugmentedRD
 from .rd_expert import RDExpert
 
-__all__ = ["RDExpert"]
+__all__ = ["AugmentedRD", "RDExpert"]

@@ -18,24 +18,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from anomalib.data import InferenceBatch
-from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 from torch import nn
 
-from anomalib_rdx.components import (
-    ImageNetNormalization,
-    build_feature_extractor,
-    build_student,
-    check_input_size,
-    set_trainable,
-)
+from anomalib_rdx.components import set_trainable
+from anomalib_rdx.components.reverse_distillation import ReverseDistillationNetwork
 
 from .gii import GuidedInformationInjection
 
 GIIMode = Literal["gated", "ungated", "off"]
 
 
-class RDExpertModel(nn.Module):
+class RDExpertModel(ReverseDistillationNetwork):
     """Expert-teacher-student network with Guided Information Injection.
 
     Args:
@@ -59,28 +52,23 @@ class RDExpertModel(nn.Module):
         use_expert: bool = True,
         gii_mode: GIIMode = "gated",
     ) -> None:
-        super().__init__()
         if gii_mode not in {"gated", "ungated", "off"}:
             msg = f"gii_mode must be 'gated', 'ungated' or 'off', got {gii_mode!r}."
             raise ValueError(msg)
-        self.normalize = ImageNetNormalization()
-        self.teacher, pyramid = build_feature_extractor(
+        super().__init__(
             backbone,
             layers,
+            input_size,
             pre_trained=pre_trained,
             backbone_weights=backbone_weights,
-            requires_grad=use_expert,
+            trainable_teacher=use_expert,
         )
-        check_input_size(input_size, pyramid, backbone)
         self.expert: nn.Module | None = None
         if use_expert:
             self.expert = copy.deepcopy(self.teacher)
             self.expert.requires_grad = False
             set_trainable(self.expert, trainable=False)
-        else:
-            set_trainable(self.teacher, trainable=False)
-        self.bottleneck, self.decoder = build_student(backbone, pyramid)
-        channels = pyramid.channels
+        channels = self.pyramid.channels
         # One injection before every decoder stage but the first: stage k starts from level n-k.
         self.gii = nn.ModuleList(
             []
@@ -90,11 +78,10 @@ class RDExpertModel(nn.Module):
                 for level in range(len(channels) - 1, 0, -1)
             ],
         )
-        self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=AnomalyMapGenerationMode.ADD)
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Parameters the student optimiser updates: bottleneck, decoder and GII."""
-        return [*self.bottleneck.parameters(), *self.decoder.parameters(), *self.gii.parameters()]
+        return [*super().student_parameters(), *self.gii.parameters()]
 
     def expert_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen expert features of normalised images, shallow to deep."""
@@ -103,12 +90,8 @@ class RDExpertModel(nn.Module):
             raise RuntimeError(msg)
         return list(self.expert(images).values())
 
-    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Teacher features of normalised images, shallow to deep."""
-        return list(self.teacher(images).values())
-
     def student_features(self, teacher_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Reconstruct the teacher's features from its one-class embedding, shallow to deep."""
+        """Decode the one-class embedding stage by stage, injecting gated teacher detail between stages."""
         feature = self.bottleneck(list(teacher_features))
         outputs = []
         deepest = len(teacher_features) - 1
@@ -120,18 +103,3 @@ class RDExpertModel(nn.Module):
             feature = stage(feature)
             outputs.append(feature)
         return outputs[::-1]
-
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
-        """Score ``[0, 1]`` images.
-
-        Returns:
-            In training mode, teacher and student features; in evaluation mode, anomalib's
-            ``InferenceBatch`` with the anomaly map and the image score (map maximum).
-        """
-        teacher_features = self.teacher_features(self.normalize(images))
-        student_features = self.student_features(teacher_features)
-        if self.training:
-            return teacher_features, student_features
-        anomaly_map = self.anomaly_map_generator(teacher_features, student_features)
-        pred_score = torch.amax(anomaly_map, dim=(-2, -1))
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

@@ -1,0 +1,83 @@
+"""Reverse distillation network shared by RDExpert and AugmentedRD.
+
+A teacher encoder (any timm CNN), a one-class bottleneck and a student decoder that mirrors the
+teacher (Deng & Li, "Anomaly Detection via Reverse Distillation from One-Class Embedding", CVPR
+2022). Scoring is the same for every reverse-distillation model of the package: the sum over scales
+of ``1 - cos(teacher, student)``, upsampled to the input size, blurred with a Gaussian of sigma 4,
+and the image score is the map's maximum (anomalib's ``AnomalyMapGenerator`` in ``add`` mode).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
+from torch import nn
+
+from .backbone import build_feature_extractor, set_trainable
+from .decoder import build_student, check_input_size
+from .normalization import ImageNetNormalization
+
+
+class ReverseDistillationNetwork(nn.Module):
+    """Teacher encoder, one-class bottleneck and mirrored student decoder.
+
+    Args:
+        backbone: timm CNN of the teacher.
+        layers: Teacher levels, shallow to deep (module names or ``features_only`` indices).
+        input_size: Image size ``(H, W)`` the network is fed.
+        pre_trained: Download timm's pretrained weights when ``backbone_weights`` is not given.
+        backbone_weights: Local weights file or installed weights package name for the teacher.
+        trainable_teacher: Whether the teacher's parameters receive gradients.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str | int],
+        input_size: tuple[int, int],
+        pre_trained: bool = True,
+        backbone_weights: str | Path | None = None,
+        trainable_teacher: bool = False,
+    ) -> None:
+        super().__init__()
+        self.normalize = ImageNetNormalization()
+        self.teacher, self.pyramid = build_feature_extractor(
+            backbone,
+            layers,
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            requires_grad=trainable_teacher,
+        )
+        set_trainable(self.teacher, trainable=trainable_teacher)
+        check_input_size(input_size, self.pyramid, backbone)
+        self.bottleneck, self.decoder = build_student(backbone, self.pyramid)
+        self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=AnomalyMapGenerationMode.ADD)
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the student (bottleneck and decoder)."""
+        return [*self.bottleneck.parameters(), *self.decoder.parameters()]
+
+    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher features of normalised images, shallow to deep."""
+        return list(self.teacher(images).values())
+
+    def student_features(self, teacher_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Reconstruct teacher features from their one-class embedding, shallow to deep."""
+        return self.decoder(self.bottleneck(list(teacher_features)))
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Score ``[0, 1]`` images.
+
+        Returns:
+            In training mode, teacher and student features; in evaluation mode, anomalib's
+            ``InferenceBatch`` with the anomaly map and the image score (map maximum).
+        """
+        teacher_features = self.teacher_features(self.normalize(images))
+        student_features = self.student_features(teacher_features)
+        if self.training:
+            return teacher_features, student_features
+        anomaly_map = self.anomaly_map_generator(teacher_features, student_features)
+        pred_score = torch.amax(anomaly_map, dim=(-2, -1))
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

