@@ -123,6 +123,15 @@ class TestStudentDecoder:
         reconstructed = decoder(bottleneck(features))
         assert [f.shape for f in reconstructed] == [f.shape for f in features]
 
+    def test_feature_info_decoder_can_reproduce_signed_features(self) -> None:
+        # EfficientNet levels end in a linear bottleneck: their features take both signs, and a
+        # decoder ending in ReLU could never match them (cosine similarity stayed near 0.1).
+        extractor, pyramid = build_feature_extractor("efficientnet_lite0", [1, 2, 3], pre_trained=False)
+        features = list(extractor(torch.rand(2, 3, 64, 64)).values())
+        assert all((feature < 0).any() for feature in features)
+        bottleneck, decoder = build_student("efficientnet_lite0", pyramid)
+        assert all((output < 0).any() for output in decoder(bottleneck(features)))
+
     def test_resnet_keeps_anomalib_decoder(self) -> None:
         _, pyramid = build_feature_extractor("resnet18", ["layer1", "layer2", "layer3"], pre_trained=False)
         bottleneck, decoder = build_student("resnet18", pyramid)

@@ -88,7 +88,12 @@ class PyramidBottleneck(nn.Module):
 
 
 def _upsampling_stage(in_channels: int, out_channels: int, factor_steps: int) -> nn.Sequential:
-    """Build a stage of anomalib's ``DecoderBasicBlock``: ``factor_steps`` 2x upsamplings, then a refinement."""
+    """Build a stage of anomalib's ``DecoderBasicBlock``: ``factor_steps`` 2x upsamplings, a refinement.
+
+    The stage ends in a linear 1x1 convolution: ``DecoderBasicBlock`` ends in a ReLU, which suits
+    ResNet levels (post-ReLU, non-negative) but could never reproduce the signed outputs of the linear
+    bottlenecks that end EfficientNet and MobileNet levels.
+    """
     blocks: list[nn.Module] = []
     width = in_channels
     for _ in range(factor_steps):
@@ -102,6 +107,7 @@ def _upsampling_stage(in_channels: int, out_channels: int, factor_steps: int) ->
         project = nn.Sequential(nn.Conv2d(width, out_channels, kernel_size=1, bias=False), nn.BatchNorm2d(out_channels))
         blocks.append(DecoderBasicBlock(width, out_channels, upsample=project))
     blocks.append(DecoderBasicBlock(out_channels, out_channels))
+    blocks.append(nn.Conv2d(out_channels, out_channels, kernel_size=1))
     return nn.Sequential(*blocks)
 
 
