@@ -3,7 +3,7 @@
 Use them as anomalib models: ``anomalib train --model anomalib_rdx.RDExpert --data ...``.
 """
 
-from .models import AugmentedRD, RDExpert
+from .models import AugmentedRD, DualStudentKD, RDExpert
 
-__all__ = ["AugmentedRD", "RDExpert"]
+__all__ = ["AugmentedRD", "DualStudentKD", "RDExpert"]
 __version__ = "0.1.0"

@@ -99,6 +99,10 @@ MODELS: dict[str, Callable[[BenchmarkConfig], AnomalibModule]] = {
     "RDExpert-ungated": lambda config: _build(anomalib_rdx.RDExpert, config, gii_mode="ungated"),
     "AugmentedRD": lambda config: _build(anomalib_rdx.AugmentedRD, config),
     "AugmentedRD-plain": lambda config: _build(anomalib_rdx.AugmentedRD, config, **_NO_AUGMENTATION),
+    "DualStudentKD": lambda config: _build(anomalib_rdx.DualStudentKD, config),
+    "DualStudentKD-Se": lambda config: _build(anomalib_rdx.DualStudentKD, config, students="encoder"),
+    "DualStudentKD-Sd": lambda config: _build(anomalib_rdx.DualStudentKD, config, students="decoder"),
+    "DualStudentKD-noDF": lambda config: _build(anomalib_rdx.DualStudentKD, config, df_source="off"),
 }
 """Model name -> factory. ``-plain`` variants are plain reverse distillation with the same teacher."""
 

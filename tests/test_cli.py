@@ -25,6 +25,7 @@ PARITY_TOLERANCE = 1e-3
 MODELS = {
     "anomalib_rdx.RDExpert": (2, ("model.expert.",), "configs/rd_expert.yaml"),
     "anomalib_rdx.AugmentedRD": (1, (), "configs/augmented_rd.yaml"),
+    "anomalib_rdx.DualStudentKD": (1, (), "configs/dual_student_kd.yaml"),
 }
 
 

@@ -137,6 +137,7 @@ def build_feature_extractor(
         raise RuntimeError(msg) from error
     if backbone_weights is not None:
         load_backbone_weights(extractor.feature_extractor, resolve_weights_path(backbone_weights), backbone)
+    set_trainable(extractor, trainable=requires_grad)
     return extractor, pyramid
 
 

