@@ -1,5 +1,6 @@
-"""PyTorch model of DSKD (Yao & Gao, "Dual-Student Knowledge Distillation Networks for Unsupervised
-Anomaly Detection", 2024).
+"""PyTorch model of DSKD (Yao & Gao, 2024).
+
+Paper: "Dual-Student Knowledge Distillation Networks for Unsupervised Anomaly Detection".
 
 One frozen pretrained teacher and two students of the same scale with inverted structures:
 
