@@ -103,6 +103,7 @@ MODELS: dict[str, Callable[[BenchmarkConfig], AnomalibModule]] = {
     "DualStudentKD-Se": lambda config: _build(anomalib_rdx.DualStudentKD, config, students="encoder"),
     "DualStudentKD-Sd": lambda config: _build(anomalib_rdx.DualStudentKD, config, students="decoder"),
     "DualStudentKD-noDF": lambda config: _build(anomalib_rdx.DualStudentKD, config, df_source="off"),
+    "MultiResolutionKD": lambda config: _build(anomalib_rdx.MultiResolutionKD, config),
 }
 """Model name -> factory. ``-plain`` variants are plain reverse distillation with the same teacher."""
 
@@ -148,6 +149,14 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
     test_seconds = time.perf_counter() - start
     datamodule.setup("test")
+    extra = {}
+    if isinstance(model, anomalib_rdx.MultiResolutionKD):
+        # The paper's gradient map: fit anomalib's normalisation to it on validation, then test.
+        model.localization = "gradient"
+        engine.validate(model=model, datamodule=datamodule, verbose=False)
+        (gradient_metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
+        model.localization = "forward"
+        extra = {f"{metric}_gradient": float(gradient_metrics[metric]) for metric in ("pixel_AUROC", "pixel_AUPRO")}
     row = {
         "model": name,
         "seed": config.seed,
@@ -156,6 +165,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         "test_seconds": round(test_seconds, 1),
         "test_images": len(datamodule.test_data),
         "train_images": len(datamodule.train_data),
+        **extra,
     }
     logger.info("%s", row)
     return row
@@ -175,7 +185,8 @@ def write_results(rows: list[dict], config: BenchmarkConfig, output: Path) -> No
     document = {"config": asdict(config), "environment": environment, "results": rows}
     (output / "results.json").write_text(json.dumps(document, indent=2))
     with (output / "results.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(file, fieldnames=fieldnames, restval="")
         writer.writeheader()
         writer.writerows(rows)
 

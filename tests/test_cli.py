@@ -26,6 +26,7 @@ MODELS = {
     "anomalib_rdx.RDExpert": (2, ("model.expert.",), "configs/rd_expert.yaml"),
     "anomalib_rdx.AugmentedRD": (1, (), "configs/augmented_rd.yaml"),
     "anomalib_rdx.DualStudentKD": (1, (), "configs/dual_student_kd.yaml"),
+    "anomalib_rdx.MultiResolutionKD": (1, (), "configs/multiresolution_kd.yaml"),
 }
 
 

@@ -1,0 +1,64 @@
+"""The cloner of MKD (Salehi et al., CVPR 2021): a smaller network of the expert's family.
+
+The paper's cloner is VGG16 with fewer channels in the intermediate convolutions and the expert's
+channels at the compared layers. For any timm CNN expert, :class:`Cloner` is built from the expert's
+``feature_info``: one VGG-style stage per compared level, reaching that level's stride with strided
+3x3 convolutions of ``channels // width_divisor`` channels (at least 8), and ending in a linear 1x1
+convolution to the level's channels (expert levels such as EfficientNet's are signed). It is trained
+from scratch.
+"""
+
+import math
+import torch
+from torch import nn
+
+from anomalib_rdx.components import BackboneError, FeaturePyramid
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    ]
+
+
+class Cloner(nn.Module):
+    """Narrow VGG-style network reproducing the expert's activations at the compared levels.
+
+    Args:
+        pyramid: The expert's compared levels (channels and strides), shallow to deep.
+        width_divisor: How much narrower the intermediate convolutions are than the level they lead to.
+    """
+
+    def __init__(self, pyramid: FeaturePyramid, width_divisor: int = 4) -> None:
+        super().__init__()
+        if width_divisor < 1:
+            msg = f"width_divisor must be at least 1, got {width_divisor}."
+            raise ValueError(msg)
+        stages = []
+        in_channels, stride = 3, 1
+        for channels, reduction in zip(pyramid.channels, pyramid.reductions, strict=True):
+            steps = round(math.log2(reduction // stride)) if reduction >= stride else -1
+            if steps < 0 or 2**steps * stride != reduction:
+                msg = f"Cloner: stride {reduction} does not follow {stride} by a power of two."
+                raise BackboneError(msg)
+            width = max(8, channels // width_divisor)
+            layers: list[nn.Module] = []
+            for _ in range(steps):
+                layers += _conv_bn_relu(in_channels, width, stride=2)
+                in_channels = width
+            layers += _conv_bn_relu(in_channels, width)
+            layers.append(nn.Conv2d(width, channels, kernel_size=1))
+            stages.append(nn.Sequential(*layers))
+            in_channels, stride = channels, reduction
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Activations at the compared levels, shallow to deep."""
+        outputs = []
+        feature = images
+        for stage in self.stages:
+            feature = stage(feature)
+            outputs.append(feature)
+        return outputs
