@@ -9,6 +9,7 @@ from scratch.
 """
 
 import math
+
 import torch
 from torch import nn
 
