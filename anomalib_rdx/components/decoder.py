@@ -27,9 +27,10 @@ from .backbone import BackboneError, FeaturePyramid
 RESNET_LEVELS = ("layer1", "layer2", "layer3")
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
+    """Convolution (same padding, no bias), batch norm and ReLU: the block the students are made of."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -68,7 +69,7 @@ class PyramidBottleneck(nn.Module):
             steps = _halvings(reductions[-1] // reduction, "PyramidBottleneck")
             widths = [level_channels] + [deepest] * steps
             self.align.append(
-                nn.Sequential(*[_conv_bn_relu(widths[i], widths[i + 1], stride=2) for i in range(steps)]),
+                nn.Sequential(*[conv_bn_relu(widths[i], widths[i + 1], stride=2) for i in range(steps)]),
             )
         fused = deepest * len(channels)
         self.embed = BasicBlock(

@@ -14,14 +14,7 @@ import torch
 from torch import nn
 
 from anomalib_rdx.components import BackboneError, FeaturePyramid
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    ]
+from anomalib_rdx.components.decoder import conv_bn_relu
 
 
 class Cloner(nn.Module):
@@ -47,9 +40,9 @@ class Cloner(nn.Module):
             width = max(8, channels // width_divisor)
             layers: list[nn.Module] = []
             for _ in range(steps):
-                layers += _conv_bn_relu(in_channels, width, stride=2)
+                layers.append(conv_bn_relu(in_channels, width, stride=2))
                 in_channels = width
-            layers += _conv_bn_relu(in_channels, width)
+            layers.append(conv_bn_relu(in_channels, width))
             layers.append(nn.Conv2d(width, channels, kernel_size=1))
             stages.append(nn.Sequential(*layers))
             in_channels, stride = channels, reduction

@@ -24,18 +24,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_rdx.components.decoder import conv_bn_relu
+
 
 def gate_features(teacher: torch.Tensor, decoder: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
     """Mix teacher and decoder features by the similarity gate: ``teacher * sim + decoder * (1 - sim)``."""
     return teacher * similarity + decoder * (1 - similarity)
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 class GuidedInformationInjection(nn.Module):
@@ -50,10 +44,10 @@ class GuidedInformationInjection(nn.Module):
     def __init__(self, channels: int, shallower_channels: int, gated: bool = True) -> None:
         super().__init__()
         self.gated = gated
-        self.project_shallower = _conv_bn_relu(shallower_channels, channels, kernel_size=1)
-        self.fuse_teacher = _conv_bn_relu(channels, channels)
-        self.refine = _conv_bn_relu(channels, channels)
-        self.merge = _conv_bn_relu(2 * channels, channels)
+        self.project_shallower = conv_bn_relu(shallower_channels, channels, kernel_size=1)
+        self.fuse_teacher = conv_bn_relu(channels, channels)
+        self.refine = conv_bn_relu(channels, channels)
+        self.merge = conv_bn_relu(2 * channels, channels)
 
     def similarity(self, decoder: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """Per-pixel gate ``(B, 1, H, W)`` in ``[0, 1]``, without gradient."""
