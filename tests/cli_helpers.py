@@ -1,5 +1,6 @@
 """Run the real ``anomalib`` CLI in a subprocess and compare exported models with PyTorch."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,13 +46,23 @@ def only_checkpoint(folder: Path) -> Path:
     return checkpoints[0]
 
 
+def openvino_inferencer(xml: Path, workdir: Path) -> OpenVINOInferencer:
+    """anomalib's inferencer at FP32, created in ``workdir`` (it writes ``openvino_cache/`` in the cwd)."""
+    previous = Path.cwd()
+    os.chdir(workdir)
+    try:
+        return OpenVINOInferencer(path=xml, device="CPU", config=OPENVINO_FP32)
+    finally:
+        os.chdir(previous)
+
+
 def openvino_torch_difference(model: AnomalibModule, xml: Path, images: list[Path]) -> tuple[float, float]:
     """Largest absolute difference of anomaly maps and of image scores, OpenVINO IR vs PyTorch.
 
     Both sides run the whole exported pipeline (resize, model, anomalib's normalisation) on the same
     image files.
     """
-    inferencer = OpenVINOInferencer(path=xml, device="CPU", config=OPENVINO_FP32)
+    inferencer = openvino_inferencer(xml, xml.parent)
     model.eval()
     map_difference = score_difference = 0.0
     for path in images:
