@@ -105,5 +105,5 @@ class AugmentedRD(DistillationModule):
         del args, kwargs
         raw, transformed = self.augmenter(batch.image)
         loss = self.model.restoration_loss(*self.model.restoration_features(raw, transformed))
-        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True)
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}

@@ -98,5 +98,5 @@ class DualStudentKD(DistillationModule):
         """Distil the teacher's pyramid into both students."""
         del args, kwargs
         loss = self.loss(*self.model(batch.image))
-        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True)
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}

@@ -113,7 +113,7 @@ class MultiResolutionKD(DistillationModule):
         """Distil the expert's activations into the cloner."""
         del args, kwargs
         loss = self.loss(*self.model(batch.image))
-        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True)
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}
 
     def predict_images(self, images: torch.Tensor) -> InferenceBatch:

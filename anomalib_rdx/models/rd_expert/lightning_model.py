@@ -159,8 +159,8 @@ class RDExpert(DistillationModule):
         self.manual_backward(student_loss)
         student_optimizer.step()
 
-        self.log("train_teacher_loss", teacher_loss.detach(), on_epoch=True, prog_bar=True)
-        self.log("train_student_loss", student_loss.detach(), on_epoch=True, prog_bar=True)
+        self.log("train_teacher_loss", teacher_loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
+        self.log("train_student_loss", student_loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": (teacher_loss + student_loss).detach()}
 
     def _plain_student_step(self, images: torch.Tensor) -> torch.Tensor:
@@ -171,5 +171,5 @@ class RDExpert(DistillationModule):
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
-        self.log("train_student_loss", loss.detach(), on_epoch=True, prog_bar=True)
+        self.log("train_student_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss.detach()
