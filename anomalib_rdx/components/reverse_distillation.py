@@ -15,7 +15,7 @@ from anomalib.data import InferenceBatch
 from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 from torch import nn
 
-from .backbone import build_feature_extractor, set_trainable
+from .backbone import build_feature_extractor
 from .decoder import build_student, check_input_size
 from .normalization import ImageNetNormalization
 
@@ -50,7 +50,6 @@ class ReverseDistillationNetwork(nn.Module):
             backbone_weights=backbone_weights,
             requires_grad=trainable_teacher,
         )
-        set_trainable(self.teacher, trainable=trainable_teacher)
         check_input_size(input_size, self.pyramid, backbone)
         self.bottleneck, self.decoder = build_student(backbone, self.pyramid)
         self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=AnomalyMapGenerationMode.ADD)
