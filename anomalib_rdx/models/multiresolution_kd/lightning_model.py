@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_rdx.components import DistillationModule
+from anomalib_rdx.components.export import ExportError
 
 from .loss import MultiresolutionDistillationLoss
 from .torch_model import MultiResolutionKDModel
@@ -53,9 +54,10 @@ class MultiResolutionKD(DistillationModule):
             (outputs of conv blocks 2-5 before pooling).
         pre_trained: Download timm's ImageNet weights when ``backbone_weights`` is not given.
         backbone_weights: Local weights file or installed weights package name for the expert.
-        width_divisor: How much narrower the cloner's intermediate convolutions are.
+        width_divisor: How much narrower the cloner's intermediate convolutions are. Defaults to ``2``.
+        convs_per_step: Cloner 3x3 convolutions per halving of the resolution. Defaults to ``2``.
         mse_weight: ``lambda`` (paper: 0.5 for MVTec AD, 0.01 otherwise). Defaults to ``0.5``.
-        lr: Adam learning rate of the cloner. Defaults to ``1e-3``.
+        lr: Adam learning rate of the cloner. Defaults to ``3e-3``.
         localization: Anomaly map in PyTorch inference (see the module docstring).
         pre_processor: Pre-processor; must resize and must not normalise. Default: 128x128.
         post_processor: anomalib post-processor or flag.
@@ -69,9 +71,10 @@ class MultiResolutionKD(DistillationModule):
         layers: Sequence[str | int] = (1, 2, 3, 4),
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
-        width_divisor: int = 4,
+        width_divisor: int = 2,
+        convs_per_step: int = 2,
         mse_weight: float = 0.5,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         localization: Localization = "forward",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -96,6 +99,7 @@ class MultiResolutionKD(DistillationModule):
             pre_trained=pre_trained,
             backbone_weights=backbone_weights,
             width_divisor=width_divisor,
+            convs_per_step=convs_per_step,
             mse_weight=mse_weight,
         )
         self.loss = MultiresolutionDistillationLoss(mse_weight)
@@ -115,6 +119,20 @@ class MultiResolutionKD(DistillationModule):
         loss = self.loss(*self.model(batch.image))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}
+
+    def check_exportable(self) -> None:
+        """Refuse to export a gradient localisation: the graph would silently compute another map.
+
+        Raises:
+            ExportError: When ``localization`` is not ``"forward"``.
+        """
+        if self.localization != "forward":
+            msg = (
+                f"{self.name} with localization={self.localization!r} cannot be exported: its map needs "
+                "torch.autograd.grad (a backward pass), which ONNX/OpenVINO graphs do not hold, and the "
+                "model's thresholds were fitted to that map. Set localization='forward', validate, then export."
+            )
+            raise ExportError(msg)
 
     def predict_images(self, images: torch.Tensor) -> InferenceBatch:
         """Score images with the configured ``localization`` map."""

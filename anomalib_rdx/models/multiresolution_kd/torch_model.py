@@ -32,6 +32,7 @@ class MultiResolutionKDModel(nn.Module):
         pre_trained: Download timm's pretrained expert weights when ``backbone_weights`` is not given.
         backbone_weights: Local weights file or installed weights package for the expert.
         width_divisor: Cloner width reduction (see :class:`Cloner`).
+        convs_per_step: Cloner convolutions per halving of the resolution (see :class:`Cloner`).
         mse_weight: ``lambda`` of the MSE term in loss, score and forward map.
     """
 
@@ -42,7 +43,8 @@ class MultiResolutionKDModel(nn.Module):
         input_size: tuple[int, int],
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
-        width_divisor: int = 4,
+        width_divisor: int = 2,
+        convs_per_step: int = 2,
         mse_weight: float = 0.5,
     ) -> None:
         super().__init__()
@@ -51,7 +53,7 @@ class MultiResolutionKDModel(nn.Module):
             backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights
         )
         check_input_size(input_size, pyramid, backbone)
-        self.cloner = Cloner(pyramid, width_divisor=width_divisor)
+        self.cloner = Cloner(pyramid, width_divisor=width_divisor, convs_per_step=convs_per_step)
         self.mse_weight = mse_weight
         self.anomaly_map_generator = DiscrepancyMapGenerator(input_size, mse_weight)
 
