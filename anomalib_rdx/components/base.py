@@ -3,25 +3,32 @@
 It fixes what the four models have in common as anomalib models: a pre-processor that only resizes
 (the model normalises inside, see :mod:`anomalib_rdx.components.normalization`), one-class learning,
 no gradient clipping, and validation that stores anomaly maps and scores for anomalib's
-post-processor and evaluator.
+post-processor and evaluator. Export goes through anomalib's own ``to_onnx``/``to_openvino``, with a
+failed export naming its blocking operation and INT8 quantisation keeping the map smoothing in FP32
+(:mod:`anomalib_rdx.components.export`).
 """
 
 from pathlib import Path
 from typing import Any
 
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import AnomalibDataModule, Batch
 from anomalib.data.transforms.utils import extract_transforms_by_type
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from .export import ExportError, blocking_operation, quantize_int8
+
 DEFAULT_IMAGE_SIZE = (256, 256)
 
 
 class DistillationModule(AnomalibModule):
     """Base for models whose torch model takes ``[0, 1]`` images and returns anomalib's ``InferenceBatch``."""
+
+    TRAINING_ONLY_PREFIXES: tuple[str, ...] = ()
+    """State-dict prefixes of networks used in training only (not run by, nor exported with, inference)."""
 
     def _require_input_size(self) -> tuple[int, int]:
         """Return the pre-processor's output size, checking that it does not normalise."""
@@ -75,3 +82,22 @@ class DistillationModule(AnomalibModule):
     def learning_type(self) -> LearningType:
         """Trained on normal images only."""
         return LearningType.ONE_CLASS
+
+    def check_exportable(self) -> None:
+        """Raise :class:`ExportError` when the configured inference cannot be expressed as a graph."""
+
+    def to_onnx(self, export_root: Path | str, *args, **kwargs) -> Path:
+        """Export to ONNX with anomalib; a failure raises :class:`ExportError` naming the blocking operation."""
+        self.check_exportable()
+        try:
+            return super().to_onnx(export_root, *args, **kwargs)
+        except Exception as error:
+            operation = blocking_operation(error)
+            blocker = f"operation {operation}" if operation else f"{type(error).__name__}: {str(error)[:300]}"
+            msg = f"{self.name} cannot be exported to ONNX: the exporter could not translate {blocker}."
+            raise ExportError(msg) from error
+
+    @staticmethod
+    def _post_training_quantization_ov(model: Any, datamodule: AnomalibDataModule | None = None) -> Any:
+        """INT8 post-training quantisation with the anomaly-map smoothing kept in FP32 (see ``quantize_int8``)."""
+        return quantize_int8(model, datamodule)

@@ -68,6 +68,8 @@ class RDExpert(DistillationModule):
         visualizer: anomalib visualizer or flag.
     """
 
+    TRAINING_ONLY_PREFIXES = ("model.expert.",)
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",

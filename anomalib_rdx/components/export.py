@@ -1,0 +1,74 @@
+"""Export helpers: name what blocks an ONNX export; INT8 post-training quantisation that keeps maps exact.
+
+anomalib exports through ``torch.onnx.export`` and quantises with NNCF (``CompressionType.INT8_PTQ``).
+Two things are added here for the distillation models:
+
+- :func:`blocking_operation` reads the exporter's error and names the operator it could not translate,
+  so that a failed export says *which* operation blocks it.
+- :func:`quantize_int8` is anomalib's INT8 post-training quantisation with one layer kept in FP32: the
+  Gaussian smoothing of the anomaly map (the convolution on the single-channel map). Quantising it
+  (an 8-bit activation grid over a map whose useful differences are a few thousandths) collapsed every
+  score and map of AugmentedRD to 0 on magnetic_tile. The feature networks, which hold nearly all of
+  the computation, are quantised; calibration reads the datamodule's validation loader, which must
+  not contain test images.
+"""
+
+import logging
+import re
+
+from anomalib.data import AnomalibDataModule
+from anomalib.data.utils import ValSplitMode
+
+logger = logging.getLogger(__name__)
+
+_ATEN_OPERATOR = re.compile(r"aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
+_TEST_SPLITS = {ValSplitMode.FROM_TEST, ValSplitMode.SAME_AS_TEST}
+
+
+class ExportError(RuntimeError):
+    """A model's graph cannot be exported; the message names the blocking operation."""
+
+
+def blocking_operation(error: BaseException) -> str | None:
+    """Find the first ATen operator named in ``error`` or the errors it was raised from."""
+    seen: BaseException | None = error
+    while seen is not None:
+        match = _ATEN_OPERATOR.search(str(seen))
+        if match:
+            return match.group(0)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def map_smoothing_nodes(model: "openvino.Model") -> list[str]:  # noqa: F821
+    """Names of the convolutions that smooth single-channel anomaly maps in an OpenVINO model."""
+    return [
+        op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "Convolution" and op.input(0).get_partial_shape()[1].get_length() == 1
+    ]
+
+
+def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None) -> "openvino.Model":  # noqa: F821
+    """NNCF post-training INT8 quantisation calibrated on ``datamodule``'s validation images.
+
+    Raises:
+        ValueError: Without a datamodule, or when its validation split is made of test images.
+    """
+    import nncf
+
+    if datamodule is None:
+        msg = "INT8_PTQ needs a datamodule: its validation images calibrate the quantisation."
+        raise ValueError(msg)
+    split = getattr(datamodule, "val_split_mode", None)
+    if split is not None and ValSplitMode(split) in _TEST_SPLITS:
+        msg = (
+            f"INT8 calibration would read test images (val_split_mode={ValSplitMode(split).value!r}). "
+            "Calibrate on training images: val_split_mode 'from_train' (or 'synthetic')."
+        )
+        raise ValueError(msg)
+    datamodule.setup("fit")
+    kept_in_fp32 = map_smoothing_nodes(model)
+    logger.info("INT8: keeping the anomaly-map smoothing in FP32: %s", kept_in_fp32)
+    calibration = nncf.Dataset(datamodule.val_dataloader(), lambda batch: batch.image)
+    return nncf.quantize(model, calibration, ignored_scope=nncf.IgnoredScope(names=kept_in_fp32))
