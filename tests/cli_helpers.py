@@ -11,6 +11,8 @@ from anomalib.data.utils import read_image
 from anomalib.deploy import OpenVINOInferencer
 from anomalib.models.components import AnomalibModule
 
+from anomalib_rdx.benchmark.deployment import DeploymentConfig, calibration_datamodule, runtime_metrics
+
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 # OpenVINO's CPU plugin runs FP32 IRs in bfloat16 on CPUs with AMX/AVX512-BF16 unless told otherwise;
 # parity is measured at the IR's own precision.
@@ -25,14 +27,18 @@ def run_anomalib(*args: str, cwd: Path) -> str:
     return output
 
 
-def data_args(root: Path, category: str = "magnetic_tile") -> list[str]:
-    """MVTecAD datamodule on an MVTec-layout folder, thresholds from synthetic anomalies of train images."""
+def data_args(root: Path, category: str = "magnetic_tile", val_split_mode: str = "synthetic") -> list[str]:
+    """MVTecAD datamodule on an MVTec-layout folder; validation made of training images.
+
+    ``synthetic`` (thresholds from synthetic anomalies of held-out training images) for training and
+    testing, ``from_train`` (normal held-out training images) for INT8 calibration.
+    """
     return [
         "--data", "anomalib.data.MVTecAD",
         "--data.root", str(root),
         "--data.category", category,
-        "--data.val_split_mode", "synthetic",
-        "--data.val_split_ratio", "0.2",
+        "--data.val_split_mode", val_split_mode,
+        "--data.val_split_ratio", "0.2" if val_split_mode == "synthetic" else "0.5",
         "--data.train_batch_size", "8",
         "--data.eval_batch_size", "8",
         "--data.num_workers", "0",
@@ -79,3 +85,16 @@ def openvino_torch_difference(model: AnomalibModule, xml: Path, images: list[Pat
             float(np.abs(np.asarray(actual.pred_score).ravel() - expected.pred_score.numpy().ravel()).max()),
         )
     return map_difference, score_difference
+
+
+def evaluate_runtimes(model: AnomalibModule, artifacts: dict[str, Path], root: Path) -> dict[str, float]:
+    """Image and pixel AUROC of PyTorch and each exported IR on the test split of ``root/magnetic_tile``."""
+    config = DeploymentConfig(root=str(root), image_size=model.pre_processor.transform.transforms[0].size[0])
+    datamodule = calibration_datamodule(config)
+    datamodule.setup("test")
+    previous = Path.cwd()
+    os.chdir(next(iter(artifacts.values())).parent)  # OpenVINO may write a cache in the cwd
+    try:
+        return runtime_metrics(model.eval(), artifacts, datamodule.test_dataloader())
+    finally:
+        os.chdir(previous)

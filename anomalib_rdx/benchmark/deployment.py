@@ -16,7 +16,8 @@ images that the model was not trained on). It then reports, per model:
 
 Without a checkpoint a model is built untrained: latency and size do not depend on the weights, so
 this also covers anomalib's stock ``ReverseDistillation``, which cannot use the EfficientNet teacher
-(its decoder is ResNet-only) and runs with its default wide_resnet50_2 at random weights.
+(its decoder is ResNet-only) and runs as ``ReverseDistillation-stock`` with its default
+wide_resnet50_2 at random weights.
 
 OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX512-BF16 the CPU plugin
 otherwise executes FP32 IRs in bfloat16.
@@ -62,7 +63,7 @@ LATENCY_MODELS: dict[str, tuple[type[AnomalibModule], dict]] = {
     "AugmentedRD": (anomalib_rdx.AugmentedRD, {}),
     "DualStudentKD": (anomalib_rdx.DualStudentKD, {}),
     "MultiResolutionKD": (anomalib_rdx.MultiResolutionKD, {}),
-    "ReverseDistillation (anomalib, wide_resnet50_2)": (ReverseDistillation, {}),
+    "ReverseDistillation-stock": (ReverseDistillation, {}),
 }
 
 
@@ -127,8 +128,15 @@ def build_untrained(name: str, config: DeploymentConfig) -> AnomalibModule:
 def load_checkpoint(name: str, path: Path) -> AnomalibModule:
     """Load a checkpoint of the package model ``name`` (a benchmark variant such as ``RDExpert-plain`` works)."""
     model_class = getattr(anomalib_rdx, name.split("-", maxsplit=1)[0])
-    # Benchmark checkpoints carry the benchmark's evaluator metrics, which the default model lacks.
-    return model_class.load_from_checkpoint(path, map_location="cpu", strict=False).eval()
+    # Benchmark checkpoints carry the benchmark's evaluator metrics, which the default model lacks: load
+    # leniently, then check that every network weight came from the checkpoint.
+    model = model_class.load_from_checkpoint(path, map_location="cpu", strict=False).eval()
+    saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    missing = [key for key in model.state_dict() if key.startswith("model.") and key not in saved]
+    if missing:
+        msg = f"{path} is not a {model_class.__name__} checkpoint of this architecture: it lacks {missing[:3]}."
+        raise ValueError(msg)
+    return model
 
 
 def export_all(model: AnomalibModule, export_root: Path, datamodule: MVTecAD, image_size: int) -> dict[str, Path]:
