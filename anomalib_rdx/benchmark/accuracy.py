@@ -9,10 +9,16 @@ Protocol, the same for every model:
     - same teacher (backbone and weights file), image size, epochs and seed; final checkpoint (no
       selection on the test split);
     - metrics: anomalib's image AUROC and F1, pixel AUROC and PRO (AUPRO up to 30% FPR), plus
-      training wall time.
+      training wall time, PyTorch inference latency per image at batch 1 and 16 with the peak memory of
+      that inference process (:mod:`anomalib_rdx.benchmark.measure`), and the parameters inference
+      needs.
 
-Results go to ``<output>/results.json`` and ``results.csv`` with the package, anomalib and torch
-versions and the full configuration.
+Models: the package's four, their ablations, and anomalib's stock ``ReverseDistillation``, ``Stfpm``
+and ``Patchcore`` (:mod:`anomalib_rdx.benchmark.stock`); a model that cannot run in the setting gets a
+``skipped`` row with the reason. Several ``--seeds`` add mean and standard deviation per model.
+
+Results go to ``<output>/results.json`` (rows, summary, configuration, versions), ``results.csv`` and
+``summary.csv``.
 
 Example:
     python -m anomalib_rdx.benchmark --root ../shared/data --category magnetic_tile \\
@@ -37,13 +43,19 @@ from anomalib.engine import Engine
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import seed_everything
+from tqdm import tqdm
 
 import anomalib_rdx
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
+from .measure import inference_parameters, measure_latency
+from .stock import ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO")
+COST_COLUMNS = ("train_seconds", "latency_ms_per_image_b1", "latency_ms_per_image_b16", "peak_inference_rss_mib_b16")
+LATENCY_BATCHES = (1, 16)
 
 
 @dataclass
@@ -62,6 +74,7 @@ class BenchmarkConfig:
     num_workers: int = 2
     seed: int = 0
     val_split_ratio: float = 0.1
+    max_steps: int = -1
 
 
 def _teacher_kwargs(config: BenchmarkConfig) -> dict:
@@ -104,8 +117,25 @@ MODELS: dict[str, Callable[[BenchmarkConfig], AnomalibModule]] = {
     "DualStudentKD-Sd": lambda config: _build(anomalib_rdx.DualStudentKD, config, students="decoder"),
     "DualStudentKD-noDF": lambda config: _build(anomalib_rdx.DualStudentKD, config, df_source="off"),
     "MultiResolutionKD": lambda config: _build(anomalib_rdx.MultiResolutionKD, config),
+    "ReverseDistillation": lambda config: stock_reverse_distillation(config, benchmark_evaluator()),
+    "Stfpm": lambda config: stock_stfpm(config, benchmark_evaluator()),
+    "Patchcore": lambda config: stock_patchcore(config, benchmark_evaluator()),
 }
-"""Model name -> factory. ``-plain`` variants are plain reverse distillation with the same teacher."""
+"""Model name -> factory. ``-plain`` variants are plain reverse distillation with the same teacher; the
+last three are anomalib's own models."""
+DEFAULT_MODELS = [
+    "RDExpert",
+    "RDExpert-plain",
+    "AugmentedRD",
+    "AugmentedRD-plain",
+    "DualStudentKD",
+    "DualStudentKD-Sd",
+    "MultiResolutionKD",
+    "ReverseDistillation",
+    "Stfpm",
+    "Patchcore",
+]
+"""Models run by default: each package model, its plain-RD ablation, and anomalib's stock models."""
 
 
 def benchmark_evaluator() -> Evaluator:
@@ -133,9 +163,14 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         val_split_ratio=config.val_split_ratio,
         seed=config.seed,
     )
-    model = MODELS[name](config)
+    try:
+        model = MODELS[name](config)
+    except ModelSkipped as skipped:
+        logger.warning("%s skipped: %s", name, skipped)
+        return {"model": name, "seed": config.seed, "status": "skipped", "reason": str(skipped)}
     engine = Engine(
         max_epochs=config.epochs,
+        max_steps=config.max_steps,
         default_root_dir=output / name / f"seed{config.seed}",
         logger=False,
         enable_progress_bar=True,
@@ -160,8 +195,10 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     row = {
         "model": name,
         "seed": config.seed,
+        "status": "ok",
         **{metric: float(metrics[metric]) for metric in METRICS},
         "train_seconds": round(train_seconds, 1),
+        **inference_costs(model, engine, config, output / name / f"seed{config.seed}"),
         "test_seconds": round(test_seconds, 1),
         "test_images": len(datamodule.test_data),
         "train_images": len(datamodule.train_data),
@@ -171,8 +208,53 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     return row
 
 
+def inference_costs(model: AnomalibModule, engine: Engine, config: BenchmarkConfig, folder: Path) -> dict:
+    """Parameters, per-image latency (batch 1 and 16) and peak memory of PyTorch inference.
+
+    The model is exported with ``Engine.export`` (the ``.pt`` a user deploys) and timed in a fresh process
+    (median of 10 runs after 3 warm-up runs).
+    """
+    artifact = engine.export(model, "torch", export_root=folder / "export")
+    costs: dict[str, float] = {"parameters": inference_parameters(model)}
+    for batch in LATENCY_BATCHES:
+        figures = measure_latency(artifact, "torch", batch, config.image_size)
+        costs[f"latency_ms_per_image_b{batch}"] = round(figures["latency_ms"] / batch, 2)
+        costs[f"peak_inference_rss_mib_b{batch}"] = round(figures["peak_rss_mib"], 1)
+    return costs
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds of each model's metrics and costs."""
+    summary = []
+    for name in dict.fromkeys(row["model"] for row in rows):
+        runs = [row for row in rows if row["model"] == name and row.get("status") == "ok"]
+        if not runs:
+            skipped = next(row for row in rows if row["model"] == name)
+            summary.append({"model": name, "status": "skipped", "reason": skipped.get("reason", "")})
+            continue
+        entry: dict = {"model": name, "status": "ok", "seeds": len(runs)}
+        for column in (*METRICS, *COST_COLUMNS):
+            values = [float(run[column]) for run in runs if column in run]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            entry[f"{column}_mean"] = round(mean, 4)
+            entry[f"{column}_std"] = round(spread, 4)
+        summary.append(entry)
+    return summary
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as file:
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(file, fieldnames=fieldnames, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_results(rows: list[dict], config: dict, output: Path) -> None:
-    """Write ``results.json`` (rows, configuration, versions) and ``results.csv`` (rows)."""
+    """Write ``results.json`` (rows, summary, configuration, versions), ``results.csv`` and ``summary.csv``."""
     output.mkdir(parents=True, exist_ok=True)
     environment = {
         "anomalib_rdx": anomalib_rdx.__version__,
@@ -182,20 +264,32 @@ def write_results(rows: list[dict], config: dict, output: Path) -> None:
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
     }
-    document = {"config": config, "environment": environment, "results": rows}
+    summary = summarize(rows)
+    document = {"config": config, "environment": environment, "results": rows, "summary": summary}
     (output / "results.json").write_text(json.dumps(document, indent=2))
-    with (output / "results.csv").open("w", newline="") as file:
-        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
-        writer = csv.DictWriter(file, fieldnames=fieldnames, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(rows, output / "results.csv")
+    _write_csv(summary, output / "summary.csv")
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def _data_folder(value: str) -> tuple[str, str]:
+    folder = Path(value)
+    if not folder.is_dir():
+        msg = f"--data expects an MVTec-layout category folder (with train/good and test/), got {value!r}."
+        raise argparse.ArgumentTypeError(msg)
+    return str(folder.resolve().parent), folder.name
+
+
+def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     defaults = BenchmarkConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
+    parser.add_argument(
+        "--data",
+        type=_data_folder,
+        help="an MVTec-layout category folder (train/good, test/<defect>, ground_truth/<defect>); "
+        "replaces --root and --category",
+    )
     parser.add_argument("--root", default=defaults.root, help="parent folder of the MVTec-layout category folder")
     parser.add_argument("--category", default=defaults.category)
     parser.add_argument("--backbone", default=defaults.backbone)
@@ -203,30 +297,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--backbone-weights", default=defaults.backbone_weights, help="'none' to download from timm")
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="training steps (overrides epochs)")
     parser.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
+    parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--seeds", nargs="+", type=int, default=[defaults.seed])
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"))
     args = parser.parse_args(argv)
-    rows = []
-    for seed in args.seeds:
+    root, category = args.data if args.data else (args.root, args.category)
+    rows: list[dict] = []
+    runs = [(seed, name) for seed in args.seeds for name in args.models]
+    for seed, name in tqdm(runs, desc="benchmark runs", unit="model"):
         config = BenchmarkConfig(
-            root=args.root,
-            category=args.category,
+            root=root,
+            category=category,
             backbone=args.backbone,
             layers=args.layers,
             backbone_weights=None if str(args.backbone_weights).lower() == "none" else args.backbone_weights,
             image_size=args.image_size,
             epochs=args.epochs,
+            max_steps=args.max_steps,
             train_batch_size=args.train_batch_size,
+            num_workers=args.num_workers,
             seed=seed,
         )
-        for name in args.models:
-            rows.append(run_one(name, config, args.output))
-            write_results(rows, asdict(config), args.output)
-    for row in rows:
-        finite = all(math.isfinite(row[metric]) for metric in METRICS)
-        print(" ".join(f"{key}={value}" for key, value in row.items()), "" if finite else "(non-finite metric)")
-    return rows
+        rows.append(run_one(name, config, args.output))
+        write_results(rows, asdict(config) | {"seeds": args.seeds, "models": args.models}, args.output)
+    for entry in summarize(rows):
+        print(" ".join(f"{key}={value}" for key, value in entry.items()))
 
 
 if __name__ == "__main__":

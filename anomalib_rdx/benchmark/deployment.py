@@ -30,8 +30,6 @@ Example:
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -52,11 +50,11 @@ import anomalib_rdx
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
 from .accuracy import write_results
+from .measure import inference_parameters, measure_latency
 
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "openvino_fp32", "openvino_int8")
-WORKER = Path(__file__).with_name("_runtime_worker.py")
 # Models built untrained for latency and size; name -> (class, constructor arguments beyond the teacher).
 LATENCY_MODELS: dict[str, tuple[type[AnomalibModule], dict]] = {
     "RDExpert": (anomalib_rdx.RDExpert, {}),
@@ -160,18 +158,6 @@ def export_all(model: AnomalibModule, export_root: Path, datamodule: MVTecAD, im
     return artifacts
 
 
-def measure_latency(artifact: Path, runtime: str, batch: int, config: DeploymentConfig) -> dict:
-    """Latency, throughput and peak memory of one artifact, measured in a fresh process."""
-    kind = "torch" if runtime == "torch" else "openvino"
-    command = [sys.executable, str(WORKER), kind, str(artifact), str(batch), str(config.image_size)]
-    command += [str(config.warmup), str(config.repeats)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        msg = f"Latency measurement of {artifact} ({runtime}, batch {batch}) failed:\n{result.stderr[-3000:]}"
-        raise RuntimeError(msg)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> dict[str, Callable]:
     """``images (B, 3, H, W) -> (scores (B,), maps (B, H, W))`` for each runtime."""
     import openvino as ov
@@ -220,12 +206,6 @@ def runtime_metrics(model: AnomalibModule, artifacts: dict[str, Path], batches: 
     return metrics
 
 
-def inference_parameters(model: AnomalibModule) -> int:
-    """Parameters of the exported inference path: all but the model's training-only networks."""
-    training_only = getattr(model, "TRAINING_ONLY_PREFIXES", ())
-    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(training_only))
-
-
 def run_one(
     name: str,
     config: DeploymentConfig,
@@ -249,7 +229,9 @@ def run_one(
         }
         for runtime in RUNTIMES:
             for batch in config.batch_sizes:
-                figures = measure_latency(artifacts[runtime], runtime, batch, config)
+                figures = measure_latency(
+                    artifacts[runtime], runtime, batch, config.image_size, config.warmup, config.repeats
+                )
                 row[f"latency_ms_b{batch}_{runtime}"] = round(figures["latency_ms"], 2)
                 row[f"images_per_s_b{batch}_{runtime}"] = round(figures["images_per_second"], 2)
                 row[f"peak_rss_mib_b{batch}_{runtime}"] = round(figures["peak_rss_mib"], 1)
@@ -276,7 +258,7 @@ def _checkpoint_argument(value: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     defaults = DeploymentConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -312,7 +294,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             write_results(rows, asdict(config), args.output)
     for row in rows:
         print(json.dumps(row))
-    return rows
 
 
 if __name__ == "__main__":

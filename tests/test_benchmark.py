@@ -1,0 +1,81 @@
+"""The benchmark command end to end on a tiny real subset: output files, schema, finite metrics in range."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from anomalib_rdx.benchmark.accuracy import COST_COLUMNS, METRICS, main
+from anomalib_rdx.data import make_mvtec_subset
+
+from .conftest import SHARED_MAGNETIC_TILE, requires_shared_data
+
+pytestmark = [pytest.mark.slow, requires_shared_data]
+
+MODELS = ["AugmentedRD-plain", "Patchcore", "ReverseDistillation", "Stfpm"]
+
+
+@pytest.fixture(scope="module")
+def benchmark_output(tmp_path_factory: pytest.TempPathFactory, lite0_weights: Path) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    make_mvtec_subset(SHARED_MAGNETIC_TILE, root / "magnetic_tile", train_good=16, test_good=3, test_per_defect=1)
+    output = root / "out"
+    main([
+        "--data", str(root / "magnetic_tile"),
+        "--models", *MODELS,
+        "--backbone-weights", str(lite0_weights),
+        "--image-size", "64",
+        "--epochs", "1",
+        "--num-workers", "0",
+        "--seeds", "0", "1",
+        "--output", str(output),
+    ])  # fmt: skip
+    return output
+
+
+def test_rows_have_finite_metrics_in_range(benchmark_output: Path) -> None:
+    document = json.loads((benchmark_output / "results.json").read_text())
+    assert {"anomalib_rdx", "anomalib", "torch"} <= set(document["environment"])
+    assert document["config"]["image_size"] == 64
+    assert document["config"]["seeds"] == [0, 1]
+    rows = document["results"]
+    assert [(row["seed"], row["model"]) for row in rows] == [(seed, model) for seed in (0, 1) for model in MODELS]
+    for row in rows:
+        if row["status"] == "skipped":
+            continue
+        for metric in METRICS:
+            assert math.isfinite(row[metric]), (row["model"], metric)
+            assert 0.0 <= row[metric] <= 1.0, (row["model"], metric, row[metric])
+        assert row["test_images"] == 8
+        assert row["parameters"] > 0
+        for column in COST_COLUMNS:
+            assert math.isfinite(row[column]), (row["model"], column)
+            assert row[column] > 0, (row["model"], column)
+
+
+def test_models_that_cannot_run_are_reported_with_the_reason(benchmark_output: Path) -> None:
+    rows = json.loads((benchmark_output / "results.json").read_text())["results"]
+    reasons = {row["model"]: row.get("reason", "") for row in rows if row["status"] == "skipped"}
+    assert set(reasons) == {"ReverseDistillation", "Stfpm"}
+    assert "efficientnet_lite0" in reasons["ReverseDistillation"]
+    assert "downloads its teacher" in reasons["Stfpm"]
+
+
+def test_summary_has_mean_and_std_over_seeds(benchmark_output: Path) -> None:
+    summary = {
+        entry["model"]: entry for entry in json.loads((benchmark_output / "results.json").read_text())["summary"]
+    }
+    rows = json.loads((benchmark_output / "results.json").read_text())["results"]
+    for model in ("AugmentedRD-plain", "Patchcore"):
+        values = [row["image_AUROC"] for row in rows if row["model"] == model]
+        assert summary[model]["seeds"] == 2
+        assert summary[model]["image_AUROC_mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
+        assert summary[model]["image_AUROC_std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2), abs=1e-4)
+    assert summary["Stfpm"]["status"] == "skipped"
+    with (benchmark_output / "summary.csv").open() as file:
+        assert [row["model"] for row in csv.DictReader(file)] == MODELS
+    with (benchmark_output / "results.csv").open() as file:
+        header = next(csv.reader(file))
+    assert {"model", "seed", "status", *METRICS, *COST_COLUMNS} <= set(header)
