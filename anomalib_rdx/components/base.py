@@ -11,6 +11,7 @@ failed export naming its blocking operation and INT8 quantisation keeping the ma
 from pathlib import Path
 from typing import Any
 
+import torch
 from anomalib import LearningType
 from anomalib.data import AnomalibDataModule, Batch
 from anomalib.data.transforms.utils import extract_transforms_by_type
@@ -19,6 +20,15 @@ from anomalib.pre_processing import PreProcessor
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_rdx.data.validation import validate_datamodule
+
+from .checkpoint import (
+    CHECKPOINT_KEY,
+    CheckpointMismatchError,
+    check_checkpoint_class,
+    package_state,
+    restore_random_states,
+)
 from .export import ExportError, blocking_operation, quantize_int8
 
 DEFAULT_IMAGE_SIZE = (256, 256)
@@ -52,6 +62,50 @@ class DistillationModule(AnomalibModule):
         """
         transform = Compose([Resize(image_size or DEFAULT_IMAGE_SIZE, antialias=True)])
         return PreProcessor(transform=transform)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> "DistillationModule":
+        """Lightning's loader, refusing first a checkpoint that holds another model class (naming the file)."""
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        saved_class = checkpoint.get(CHECKPOINT_KEY, {}).get("model_class")
+        if saved_class is not None and saved_class != cls.__name__:
+            msg = (
+                f"{checkpoint_path} holds an anomalib_rdx.{saved_class} model, not {cls.__name__}: load it with "
+                f"anomalib_rdx.{saved_class}.load_from_checkpoint (CLI: --model anomalib_rdx.{saved_class})."
+            )
+            raise CheckpointMismatchError(msg)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the model class and the random states (see :mod:`anomalib_rdx.components.checkpoint`)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CHECKPOINT_KEY] = package_state(type(self).__name__)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model; keep its random states for a resumed fit."""
+        model_keys = [key for key in self.state_dict() if key.startswith("model.")]
+        check_checkpoint_class(checkpoint, type(self).__name__, model_keys)
+        super().on_load_checkpoint(checkpoint)
+        self._resumed_random_state = checkpoint.get(CHECKPOINT_KEY)
+
+    def on_train_start(self) -> None:
+        """Continue the random streams of the interrupted run when resuming from a checkpoint."""
+        super().on_train_start()
+        state = getattr(self, "_resumed_random_state", None)
+        if state is not None:
+            restore_random_states(state)
+            self._resumed_random_state = None
+
+    def prepare_data(self) -> None:
+        """Check the datamodule's folders before any split is made or anything is written.
+
+        Raises:
+            DatasetError: Naming every unreadable image, mask without an image or mask of another size.
+        """
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if datamodule is not None:
+            validate_datamodule(datamodule)
 
     def setup(self, stage: str | None = None) -> None:
         """Refuse to train on a datamodule without training images, naming its folder."""
