@@ -50,6 +50,10 @@ def test_rows_have_finite_metrics_in_range(benchmark_output: Path) -> None:
             assert 0.0 <= row[metric] <= 1.0, (row["model"], metric, row[metric])
         assert row["test_images"] == 8
         assert row["parameters"] > 0
+        scores = (benchmark_output / row["test_scores"]).read_text().splitlines()
+        assert scores[0] == "image_path,gt_label,pred_score"
+        assert len(scores) == 1 + row["test_images"]
+        assert (benchmark_output / row["checkpoint"]).is_file()
         for column in COST_COLUMNS:
             assert math.isfinite(row[column]), (row["model"], column)
             assert row[column] > 0, (row["model"], column)

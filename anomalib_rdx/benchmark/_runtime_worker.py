@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """Peak resident memory of this process (``VmHWM``; ``ru_maxrss`` would include the parent's peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
     """Measure and print one JSON line."""
     runtime, artifact, batch, size, warmup, repeats = argv
     batch, size, warmup, repeats = int(batch), int(size), int(warmup), int(repeats)
-    baseline_mib = _peak_rss_mib()
+    baseline_mib = peak_rss_mib()
     run = (_torch_runner if runtime == "torch" else _openvino_runner)(artifact, batch, size)
     for _ in range(warmup):
         run()
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
                 "latency_ms_min": 1000 * min(seconds),
                 "latency_ms_max": 1000 * max(seconds),
                 "images_per_second": batch / median,
-                "peak_rss_mib": _peak_rss_mib(),
+                "peak_rss_mib": peak_rss_mib(),
                 "startup_rss_mib": baseline_mib,
             }
         )

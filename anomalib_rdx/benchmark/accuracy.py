@@ -35,14 +35,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anomalib
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.models import Patchcore, ReverseDistillation, Stfpm
 from anomalib.models.components import AnomalibModule
-from lightning.pytorch import seed_everything
+from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
 import anomalib_rdx
@@ -138,6 +141,27 @@ DEFAULT_MODELS = [
 """Models run by default: each package model, its plain-RD ablation, and anomalib's stock models."""
 
 
+def model_class(name: str) -> type[AnomalibModule]:
+    """Class of a benchmark model name (``RDExpert-plain`` -> ``anomalib_rdx.RDExpert``, ``Stfpm`` -> anomalib's)."""
+    stock = {"ReverseDistillation": ReverseDistillation, "Stfpm": Stfpm, "Patchcore": Patchcore}
+    return stock.get(name) or getattr(anomalib_rdx, name.split("-", maxsplit=1)[0])
+
+
+def load_benchmark_checkpoint(name: str, path: Path) -> AnomalibModule:
+    """Load a checkpoint written by the benchmark (or by ``anomalib train``) for model ``name``, in eval mode.
+
+    Benchmark checkpoints carry the benchmark's evaluator metrics, which a default model lacks: they are
+    loaded leniently, then every network weight is checked to have come from the checkpoint.
+    """
+    model = model_class(name).load_from_checkpoint(path, map_location="cpu", strict=False).eval()
+    saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    missing = [key for key in model.state_dict() if key.startswith("model.") and key not in saved]
+    if missing:
+        msg = f"{path} is not a {name} checkpoint of this architecture: it lacks {missing[:3]}."
+        raise ValueError(msg)
+    return model
+
+
 def benchmark_evaluator() -> Evaluator:
     """Anomalib's default test metrics plus PRO (AUPRO up to 30% false-positive rate)."""
     return Evaluator(
@@ -148,6 +172,23 @@ def benchmark_evaluator() -> Evaluator:
             AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
         ],
     )
+
+
+class TestScoreRecorder(Callback):
+    """Keep every test image's path, label and score (anomalib's normalised ``pred_score``)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        """Record the batch's scores."""
+        del trainer, pl_module, args
+        for path, label, score in zip(outputs.image_path, outputs.gt_label, outputs.pred_score, strict=True):
+            self.rows.append({"image_path": str(path), "gt_label": int(label), "pred_score": float(score)})
+
+    def write(self, path: Path) -> None:
+        """Write the recorded scores as CSV."""
+        _write_csv(self.rows, path)
 
 
 def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
@@ -168,10 +209,13 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     except ModelSkipped as skipped:
         logger.warning("%s skipped: %s", name, skipped)
         return {"model": name, "seed": config.seed, "status": "skipped", "reason": str(skipped)}
+    folder = output / name / f"seed{config.seed}"
+    recorder = TestScoreRecorder()
     engine = Engine(
+        callbacks=[recorder],
         max_epochs=config.epochs,
         max_steps=config.max_steps,
-        default_root_dir=output / name / f"seed{config.seed}",
+        default_root_dir=folder,
         logger=False,
         enable_progress_bar=True,
         accelerator="auto",
@@ -183,6 +227,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     start = time.perf_counter()
     (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
     test_seconds = time.perf_counter() - start
+    recorder.write(folder / "test_scores.csv")
     datamodule.setup("test")
     extra = {}
     if isinstance(model, anomalib_rdx.MultiResolutionKD):
@@ -198,11 +243,14 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         "status": "ok",
         **{metric: float(metrics[metric]) for metric in METRICS},
         "train_seconds": round(train_seconds, 1),
-        **inference_costs(model, engine, config, output / name / f"seed{config.seed}"),
+        **inference_costs(model, engine, config, folder),
         "test_seconds": round(test_seconds, 1),
         "test_images": len(datamodule.test_data),
         "train_images": len(datamodule.train_data),
         **extra,
+        # Relative to the output folder: the notebooks read scores and reload the model from them.
+        "test_scores": str((folder / "test_scores.csv").relative_to(output)),
+        "checkpoint": str(next(folder.rglob("*.ckpt")).relative_to(output)),
     }
     logger.info("%s", row)
     return row

@@ -49,7 +49,7 @@ from tqdm import tqdm
 import anomalib_rdx
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
-from .accuracy import write_results
+from .accuracy import load_benchmark_checkpoint, write_results
 from .measure import inference_parameters, measure_latency
 
 logger = logging.getLogger(__name__)
@@ -121,20 +121,6 @@ def build_untrained(name: str, config: DeploymentConfig) -> AnomalibModule:
         pre_processor=pre_processor,
         **overrides,
     )
-
-
-def load_checkpoint(name: str, path: Path) -> AnomalibModule:
-    """Load a checkpoint of the package model ``name`` (a benchmark variant such as ``RDExpert-plain`` works)."""
-    model_class = getattr(anomalib_rdx, name.split("-", maxsplit=1)[0])
-    # Benchmark checkpoints carry the benchmark's evaluator metrics, which the default model lacks: load
-    # leniently, then check that every network weight came from the checkpoint.
-    model = model_class.load_from_checkpoint(path, map_location="cpu", strict=False).eval()
-    saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    missing = [key for key in model.state_dict() if key.startswith("model.") and key not in saved]
-    if missing:
-        msg = f"{path} is not a {model_class.__name__} checkpoint of this architecture: it lacks {missing[:3]}."
-        raise ValueError(msg)
-    return model
 
 
 def export_all(model: AnomalibModule, export_root: Path, datamodule: MVTecAD, image_size: int) -> dict[str, Path]:
@@ -214,7 +200,7 @@ def run_one(
     progress: tqdm | None = None,
 ) -> dict:
     """Export one model three ways and measure it; its row of results."""
-    model = load_checkpoint(name, checkpoint) if checkpoint else build_untrained(name, config)
+    model = load_benchmark_checkpoint(name, checkpoint) if checkpoint else build_untrained(name, config)
     model.eval()
     datamodule = calibration_datamodule(config)
     with tempfile.TemporaryDirectory() as scratch:

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from anomalib.models.components import AnomalibModule
 
+from ._runtime_worker import peak_rss_mib
+
+__all__ = ["inference_parameters", "measure_latency", "peak_rss_mib"]
+
 WORKER = Path(__file__).with_name("_runtime_worker.py")
 
 

@@ -96,6 +96,13 @@ class DistillationModule(AnomalibModule):
             restore_random_states(state)
             self._resumed_random_state = None
 
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        """With anomalib's tiler set, train on the batch's tiles (see :mod:`anomalib_rdx.components.tiling`)."""
+        del batch_idx
+        tiler = getattr(self.model, "tiler", None)
+        if tiler is not None:
+            batch.image = tiler.tile(batch.image)
+
     def prepare_data(self) -> None:
         """Check the datamodule's folders before any split is made or anything is written.
 

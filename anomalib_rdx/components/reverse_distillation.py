@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.data.utils.tiler import Tiler
 from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 from torch import nn
 
 from .backbone import build_feature_extractor
 from .decoder import build_student, check_input_size
 from .normalization import ImageNetNormalization
+from .tiling import tile_images, untile_features
 
 
 class ReverseDistillationNetwork(nn.Module):
@@ -53,6 +55,7 @@ class ReverseDistillationNetwork(nn.Module):
         check_input_size(input_size, self.pyramid, backbone)
         self.bottleneck, self.decoder = build_student(backbone, self.pyramid)
         self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=AnomalyMapGenerationMode.ADD)
+        self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Parameters of the student (bottleneck and decoder)."""
@@ -73,10 +76,15 @@ class ReverseDistillationNetwork(nn.Module):
             In training mode, teacher and student features; in evaluation mode, anomalib's
             ``InferenceBatch`` with the anomaly map and the image score (map maximum).
         """
-        teacher_features = self.teacher_features(self.normalize(images))
+        tiler = None if self.training else self.tiler
+        teacher_features = self.teacher_features(self.normalize(tile_images(tiler, images)))
         student_features = self.student_features(teacher_features)
         if self.training:
             return teacher_features, student_features
+        teacher_features, student_features = (
+            untile_features(tiler, teacher_features),
+            untile_features(tiler, student_features),
+        )
         anomaly_map = self.anomaly_map_generator(teacher_features, student_features)
         pred_score = torch.amax(anomaly_map, dim=(-2, -1))
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.data.utils.tiler import Tiler
 from torch import nn
 
 from anomalib_rdx.components import (
@@ -31,6 +32,7 @@ from anomalib_rdx.components import (
     build_student,
     check_input_size,
 )
+from anomalib_rdx.components.tiling import tile_images, untile_features
 
 from .anomaly_map import DualStudentAnomalyMap, ScaleCombination, StudentCombination
 
@@ -95,6 +97,7 @@ class DualStudentKDModel(nn.Module):
                     pyramid.channels[-1:], pyramid.reductions[-1:], embedding_channels=embedding_channels
                 )
         self.anomaly_map = DualStudentAnomalyMap(input_size, scale_combination, student_combination)
+        self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
 
     @staticmethod
     def _embedding_channels(bottleneck: nn.Module, deepest_channels: int) -> int:
@@ -122,8 +125,10 @@ class DualStudentKDModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]] | InferenceBatch:
         """Teacher and student features in training; anomaly map and score (map maximum) in evaluation."""
-        teacher, students = self.features(images)
+        tiler = None if self.training else self.tiler
+        teacher, students = self.features(tile_images(tiler, images))
         if self.training:
             return teacher, students
+        teacher, students = untile_features(tiler, teacher), [untile_features(tiler, s) for s in students]
         anomaly_map = self.anomaly_map(teacher, students)
         return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)

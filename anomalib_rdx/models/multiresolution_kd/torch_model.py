@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.data.utils.tiler import Tiler
 from torch import nn
 
 from anomalib_rdx.components import ImageNetNormalization, build_feature_extractor, check_input_size
+from anomalib_rdx.components.tiling import tile_images, untile_features
 
 from .anomaly_map import DiscrepancyMapGenerator, GradientMethod, gradient_map
 from .cloner import Cloner
@@ -56,6 +58,7 @@ class MultiResolutionKDModel(nn.Module):
         self.cloner = Cloner(pyramid, width_divisor=width_divisor, convs_per_step=convs_per_step)
         self.mse_weight = mse_weight
         self.anomaly_map_generator = DiscrepancyMapGenerator(input_size, mse_weight)
+        self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Expert (no gradient) and cloner activations of ``[0, 1]`` images."""
@@ -75,8 +78,10 @@ class MultiResolutionKDModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Activations in training; per-image discrepancy and forward discrepancy map in evaluation."""
-        expert, cloner = self.features(images)
+        tiler = None if self.training else self.tiler
+        expert, cloner = self.features(tile_images(tiler, images))
         if self.training:
             return expert, cloner
+        expert, cloner = untile_features(tiler, expert), untile_features(tiler, cloner)
         pred_score = per_image_discrepancy(expert, cloner, self.mse_weight)
         return InferenceBatch(pred_score=pred_score, anomaly_map=self.anomaly_map_generator(expert, cloner))
