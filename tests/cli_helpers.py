@@ -19,9 +19,15 @@ ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-def run_anomalib(*args: str, cwd: Path) -> str:
-    """Run ``anomalib <args>``; fail with its output if it exits non-zero."""
-    result = subprocess.run([ANOMALIB, *args], cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
+def run_anomalib(*args: str, cwd: Path, importable: Path | None = None) -> str:
+    """Run ``anomalib <args>``; fail with its output if it exits non-zero.
+
+    ``importable``: a folder put on ``PYTHONPATH`` (for class paths of test helpers).
+    """
+    env = {**os.environ, "PYTHONPATH": str(importable)} if importable else None
+    result = subprocess.run(
+        [ANOMALIB, *args], cwd=cwd, capture_output=True, text=True, timeout=900, check=False, env=env
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"anomalib {' '.join(args)} failed:\n{output[-4000:]}"
     return output

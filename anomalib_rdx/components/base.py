@@ -17,6 +17,7 @@ from anomalib.data import AnomalibDataModule, Batch
 from anomalib.data.transforms.utils import extract_transforms_by_type
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
@@ -96,6 +97,19 @@ class DistillationModule(AnomalibModule):
             restore_random_states(state)
             self._resumed_random_state = None
 
+    def _let_ddp_skip_unused_parameters(self) -> None:
+        """Under DDP, let each manual backward pass synchronise only the parameters it reaches.
+
+        With manual optimisation (RDExpert: one backward pass for the teacher, one for the student) each
+        ``manual_backward`` reaches part of the parameters; Lightning prepares DDP's gradient reducer for
+        each of them, which needs ``find_unused_parameters``. The model is wrapped in DDP after ``setup``,
+        so the flag set here takes effect (``--trainer.strategy ddp`` then works as
+        ``ddp_find_unused_parameters_true``).
+        """
+        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
+        if not self.automatic_optimization and isinstance(strategy, DDPStrategy):
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """With anomalib's tiler set, train on the batch's tiles (see :mod:`anomalib_rdx.components.tiling`)."""
         del batch_idx
@@ -115,8 +129,9 @@ class DistillationModule(AnomalibModule):
             validate_datamodule(datamodule)
 
     def setup(self, stage: str | None = None) -> None:
-        """Refuse to train on a datamodule without training images, naming its folder."""
+        """Refuse to train on a datamodule without training images; prepare DDP for manual optimisation."""
         super().setup(stage)
+        self._let_ddp_skip_unused_parameters()
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         train_data = getattr(datamodule, "train_data", None)
         if stage == "fit" and train_data is not None and len(train_data) == 0:
