@@ -97,18 +97,30 @@ def test_test_and_predict_from_checkpoint(trained: dict, magnetic_tile_subset: P
     assert heat_maps == sorted(p.name for p in images.glob("*.png"))
 
 
-def test_openvino_export_matches_torch(trained: dict, magnetic_tile_subset: Path, lite0_weights: Path) -> None:
+@pytest.fixture(scope="module")
+def exported(trained: dict, magnetic_tile_subset: Path, lite0_weights: Path) -> dict[str, Path]:
+    """``anomalib export`` of the trained checkpoint to OpenVINO FP32 and INT8 (calibrated on train images)."""
+    args = model_args(trained["class_path"], lite0_weights)
+    artifacts = {}
+    for runtime, compression in (("openvino_fp32", []), ("openvino_int8", ["--compression_type", "INT8_PTQ"])):
+        export_root = trained["work"] / runtime
+        run_anomalib(
+            "export",
+            *args,
+            *data_args(magnetic_tile_subset, val_split_mode="from_train"),
+            "--export_type", "openvino",
+            *compression,
+            "--ckpt_path", str(trained["checkpoint"]),
+            "--export_root", str(export_root),
+            cwd=REPO_ROOT,
+        )  # fmt: skip
+        artifacts[runtime] = next(export_root.rglob("model.xml"))
+    return artifacts
+
+
+def test_openvino_export_matches_torch(trained: dict, exported: dict[str, Path], magnetic_tile_subset: Path) -> None:
     _, training_only, _ = MODELS[trained["class_path"]]
-    export_root = trained["work"] / "export"
-    run_anomalib(
-        "export",
-        *model_args(trained["class_path"], lite0_weights),
-        "--export_type", "openvino",
-        "--ckpt_path", str(trained["checkpoint"]),
-        "--export_root", str(export_root),
-        cwd=REPO_ROOT,
-    )  # fmt: skip
-    xml = next(export_root.rglob("model.xml"))
+    xml = exported["openvino_fp32"]
     images = sorted((magnetic_tile_subset / "magnetic_tile" / "test").rglob("*.png"))
     model = model_class(trained["class_path"]).load_from_checkpoint(trained["checkpoint"])
     map_difference, score_difference = openvino_torch_difference(model, xml, images)
@@ -131,27 +143,16 @@ def test_config_file_parses(class_path: str) -> None:
 INT8_MAX_AUROC_DROP = 0.1
 
 
-def test_openvino_int8_export_scores_like_fp32(trained: dict, magnetic_tile_subset: Path, lite0_weights: Path) -> None:
-    args = model_args(trained["class_path"], lite0_weights)
-    export_roots = {}
-    for runtime, compression in (("openvino_fp32", []), ("openvino_int8", ["--compression_type", "INT8_PTQ"])):
-        export_roots[runtime] = trained["work"] / runtime
-        run_anomalib(
-            "export",
-            *args,
-            *data_args(magnetic_tile_subset, val_split_mode="from_train"),
-            "--export_type", "openvino",
-            *compression,
-            "--ckpt_path", str(trained["checkpoint"]),
-            "--export_root", str(export_roots[runtime]),
-            cwd=REPO_ROOT,
-        )  # fmt: skip
-    artifacts = {runtime: next(root.rglob("model.xml")) for runtime, root in export_roots.items()}
+def test_openvino_int8_export_scores_like_fp32(
+    trained: dict, exported: dict[str, Path], magnetic_tile_subset: Path
+) -> None:
     # Weights of the quantised IR are 8-bit: its .bin is well under half of the FP32 one.
-    fp32_bytes, int8_bytes = (artifacts[r].with_suffix(".bin").stat().st_size for r in artifacts)
+    fp32_bytes, int8_bytes = (
+        exported[r].with_suffix(".bin").stat().st_size for r in ("openvino_fp32", "openvino_int8")
+    )
     assert int8_bytes < 0.5 * fp32_bytes
     model = model_class(trained["class_path"]).load_from_checkpoint(trained["checkpoint"])
-    metrics = evaluate_runtimes(model, artifacts, magnetic_tile_subset)
+    metrics = evaluate_runtimes(model, exported, magnetic_tile_subset)
     assert all(0.0 <= value <= 1.0 for value in metrics.values()), metrics
     for metric in ("image_AUROC", "pixel_AUROC"):
         assert metrics[f"{metric}_openvino_int8"] >= metrics[f"{metric}_openvino_fp32"] - INT8_MAX_AUROC_DROP, metrics
