@@ -76,7 +76,7 @@ class ReverseDistillationNetwork(nn.Module):
             In training mode, teacher and student features; in evaluation mode, anomalib's
             ``InferenceBatch`` with the anomaly map and the image score (map maximum).
         """
-        tiler = None if self.training else self.tiler
+        tiler = None if self.training else getattr(self, "tiler", None)  # absent in pickles of older versions
         teacher_features = self.teacher_features(self.normalize(tile_images(tiler, images)))
         student_features = self.student_features(teacher_features)
         if self.training:

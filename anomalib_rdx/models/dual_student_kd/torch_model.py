@@ -125,7 +125,7 @@ class DualStudentKDModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]] | InferenceBatch:
         """Teacher and student features in training; anomaly map and score (map maximum) in evaluation."""
-        tiler = None if self.training else self.tiler
+        tiler = None if self.training else getattr(self, "tiler", None)  # absent in pickles of older versions
         teacher, students = self.features(tile_images(tiler, images))
         if self.training:
             return teacher, students

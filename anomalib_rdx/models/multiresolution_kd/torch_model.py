@@ -78,7 +78,7 @@ class MultiResolutionKDModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Activations in training; per-image discrepancy and forward discrepancy map in evaluation."""
-        tiler = None if self.training else self.tiler
+        tiler = None if self.training else getattr(self, "tiler", None)  # absent in pickles of older versions
         expert, cloner = self.features(tile_images(tiler, images))
         if self.training:
             return expert, cloner
