@@ -10,6 +10,7 @@ from torch import nn
 from anomalib_rdx import AugmentedRD, MultiResolutionKD
 from anomalib_rdx.components.export import ExportError, quantize_int8
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
+from anomalib_rdx.inference import load_inferencer, predict_folder
 
 
 class _EigenvalueNormalization(nn.Module):
@@ -47,3 +48,14 @@ def test_int8_calibration_refuses_test_images(split: str) -> None:
 def test_int8_needs_a_datamodule() -> None:
     with pytest.raises(ValueError, match="INT8_PTQ needs a datamodule"):
         quantize_int8(model=None, datamodule=None)
+
+
+def test_serving_without_an_exported_model_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=rf"No exported OpenVINO model at {tmp_path / 'model.xml'}"):
+        load_inferencer(tmp_path / "model.xml")
+
+
+def test_serving_an_empty_folder_names_it(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"No images to predict in {tmp_path / 'empty'}"):
+        predict_folder(inferencer=None, images=tmp_path / "empty", output=tmp_path / "out")

