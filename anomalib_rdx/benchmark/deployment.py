@@ -138,7 +138,7 @@ def export_all(model: AnomalibModule, export_root: Path, datamodule: MVTecAD, im
 
 
 def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> dict[str, Callable]:
-    """``images (B, 3, H, W) -> (scores (B,), maps (B, H, W))`` for each runtime."""
+    """``images (B, 3, H, W) -> (scores (B,), maps (B, h, w))`` for each runtime (``h, w``: the model's map size)."""
     import openvino as ov
 
     core = ov.Core()
@@ -146,7 +146,8 @@ def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> di
     def torch_predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             output = model(images)
-        return output.pred_score.numpy().ravel(), output.anomaly_map.numpy().reshape(len(images), *images.shape[-2:])
+        anomaly_map = output.anomaly_map.numpy()
+        return output.pred_score.numpy().ravel(), anomaly_map.reshape(len(images), *anomaly_map.shape[-2:])
 
     def openvino_predict(xml: Path) -> Callable:
         compiled = core.compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -154,7 +155,8 @@ def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> di
         def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
             output = compiled(images.numpy())
             scores = output[compiled.output("pred_score")].ravel()
-            maps = output[compiled.output("anomaly_map")].reshape(len(images), *images.shape[-2:])
+            anomaly_map = output[compiled.output("anomaly_map")]
+            maps = anomaly_map.reshape(len(images), *anomaly_map.shape[-2:])
             return scores, maps
 
         return predict
@@ -172,11 +174,14 @@ def runtime_metrics(model: AnomalibModule, artifacts: dict[str, Path], batches: 
     labels, masks = [], []
     for batch in batches:
         labels.append(batch.gt_label.numpy().ravel())
-        masks.append(batch.gt_mask.numpy().reshape(len(batch.image), -1).astype(bool))
         for runtime, predict in predictors.items():
             batch_scores, batch_maps = predict(batch.image)
             scores[runtime].append(batch_scores)
             maps[runtime].append(batch_maps.reshape(len(batch.image), -1).astype(np.float32))
+        # Masks at the maps' size (a model may score at a smaller size than its input: MKD's 128x128).
+        mask = batch.gt_mask.reshape(len(batch.image), 1, *batch.gt_mask.shape[-2:]).float()
+        mask = torch.nn.functional.interpolate(mask, size=batch_maps.shape[-2:], mode="nearest")
+        masks.append(mask.numpy().reshape(len(batch.image), -1).astype(bool))
     label_array, mask_array = np.concatenate(labels), np.concatenate(masks).ravel()
     metrics = {}
     for runtime in RUNTIMES:
