@@ -98,16 +98,17 @@ class DistillationModule(AnomalibModule):
             self._resumed_random_state = None
 
     def _let_ddp_skip_unused_parameters(self) -> None:
-        """Under DDP, let each manual backward pass synchronise only the parameters it reaches.
+        """Under DDP, let each backward pass synchronise only the parameters it reaches.
 
-        With manual optimisation (RDExpert: one backward pass for the teacher, one for the student) each
-        ``manual_backward`` reaches part of the parameters; Lightning prepares DDP's gradient reducer for
-        each of them, which needs ``find_unused_parameters``. The model is wrapped in DDP after ``setup``,
-        so the flag set here takes effect (``--trainer.strategy ddp`` then works as
+        Two of the models have trainable parameters that a backward pass does not reach: RDExpert's
+        teacher and student backward passes (manual optimisation) each reach part of them, and
+        DualStudentKD's encoder student is a timm ``features_only`` network whose blocks past the deepest
+        compared level get no gradient. DDP then needs ``find_unused_parameters``. The model is wrapped in
+        DDP after ``setup``, so the flag set here takes effect (``--trainer.strategy ddp`` then works as
         ``ddp_find_unused_parameters_true``).
         """
         strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
-        if not self.automatic_optimization and isinstance(strategy, DDPStrategy):
+        if isinstance(strategy, DDPStrategy):
             strategy._ddp_kwargs["find_unused_parameters"] = True
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
@@ -129,7 +130,7 @@ class DistillationModule(AnomalibModule):
             validate_datamodule(datamodule)
 
     def setup(self, stage: str | None = None) -> None:
-        """Refuse to train on a datamodule without training images; prepare DDP for manual optimisation."""
+        """Refuse to train on a datamodule without training images; prepare DDP (see below)."""
         super().setup(stage)
         self._let_ddp_skip_unused_parameters()
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
