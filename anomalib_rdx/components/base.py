@@ -89,9 +89,22 @@ class DistillationModule(AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         self._resumed_random_state = checkpoint.get(CHECKPOINT_KEY)
 
+    def on_fit_start(self) -> None:
+        """Continue the random streams of the interrupted run when resuming from a checkpoint.
+
+        Lightning restores the checkpoint before this hook (single device and DDP) and creates the
+        resumed epoch's loader iterator after it, drawing the shuffling seed from torch's random state:
+        restoring here makes a resumed run repeat the uninterrupted one exactly.
+        """
+        super().on_fit_start()
+        self._restore_resumed_random_state()
+
     def on_train_start(self) -> None:
-        """Continue the random streams of the interrupted run when resuming from a checkpoint."""
+        """Restore the random states here for strategies that load the checkpoint after ``on_fit_start``."""
         super().on_train_start()
+        self._restore_resumed_random_state()
+
+    def _restore_resumed_random_state(self) -> None:
         state = getattr(self, "_resumed_random_state", None)
         if state is not None:
             restore_random_states(state)

@@ -2,7 +2,7 @@
 
 - ``model_class`` lets a checkpoint of another class fail with a message that names both classes,
   instead of a constructor or state-dict error.
-- The torch, NumPy and Python random states at save time are restored when training resumes
+- The torch (CPU and CUDA), NumPy and Python random states at save time are restored when training resumes
   (``--ckpt_path``), so the data order and the synthetic anomalies (Perlin noise, augmentations)
   continue as in an uninterrupted run. Lightning restores optimisers, schedulers and loop counters
   itself.
@@ -33,6 +33,7 @@ def package_state(model_class: str) -> dict[str, Any]:
             "torch": torch.get_rng_state(),
             "numpy": [key, torch.from_numpy(numpy_state.astype(np.int64)), position, has_gauss, cached_gaussian],
             "python": list(random.getstate()),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
     }
 
@@ -46,6 +47,9 @@ def restore_random_states(state: dict[str, Any]) -> None:
         np.random.set_state((key, numpy_state.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
         version, internal, gaussian = rng["python"]
         random.setstate((version, tuple(internal), gaussian))
+        cuda_states = rng.get("cuda", [])
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def check_checkpoint_class(checkpoint: dict[str, Any], model_class: str, model_keys: list[str]) -> None:
