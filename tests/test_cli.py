@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from anomalib_rdx.data import make_mvtec_subset
+
 from .cli_helpers import data_args, evaluate_runtimes, only_checkpoint, openvino_torch_difference, run_anomalib
-from .conftest import REPO_ROOT, requires_shared_data
+from .conftest import REPO_ROOT, SHARED_MAGNETIC_TILE, requires_shared_data
 
 pytestmark = [pytest.mark.slow, requires_shared_data]
 
@@ -139,12 +141,25 @@ def test_config_file_parses(class_path: str) -> None:
 
 
 # INT8 (NNCF post-training quantisation, calibrated on training images) may cost this much image or
-# pixel AUROC against the FP32 IR on the subset's 16 test images; the full-split drop is in the README.
+# pixel AUROC against the FP32 IR on 80 held test images; the full-split drop is in the README.
 INT8_MAX_AUROC_DROP = 0.1
 
 
+@pytest.fixture(scope="module")
+def held_test_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 test images (40 good, 8 per defect type) for comparing runtimes.
+
+    The training subset's 16 test images are too few: there, one image ranked differently moves the
+    image AUROC by 0.017 to 0.04, so a quantised model's AUROC change was mostly chance (runs of the same
+    test on two machines gave drops of 0.0 and 0.15).
+    """
+    root = tmp_path_factory.mktemp("held_test")
+    make_mvtec_subset(SHARED_MAGNETIC_TILE, root / "magnetic_tile", train_good=8, test_good=40, test_per_defect=8)
+    return root
+
+
 def test_openvino_int8_export_scores_like_fp32(
-    trained: dict, exported: dict[str, Path], magnetic_tile_subset: Path
+    trained: dict, exported: dict[str, Path], held_test_images: Path
 ) -> None:
     # Weights of the quantised IR are 8-bit: its .bin is well under half of the FP32 one.
     fp32_bytes, int8_bytes = (
@@ -152,7 +167,8 @@ def test_openvino_int8_export_scores_like_fp32(
     )
     assert int8_bytes < 0.5 * fp32_bytes
     model = model_class(trained["class_path"]).load_from_checkpoint(trained["checkpoint"])
-    metrics = evaluate_runtimes(model, exported, magnetic_tile_subset)
+    metrics = evaluate_runtimes(model, exported, held_test_images)
+    print(trained["class_path"], metrics)
     assert all(0.0 <= value <= 1.0 for value in metrics.values()), metrics
     for metric in ("image_AUROC", "pixel_AUROC"):
         assert metrics[f"{metric}_openvino_int8"] >= metrics[f"{metric}_openvino_fp32"] - INT8_MAX_AUROC_DROP, metrics
