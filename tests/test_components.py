@@ -3,6 +3,7 @@
 from collections import OrderedDict
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import timm
 import torch
@@ -79,8 +80,11 @@ class TestWeights:
             resolve_weights_path("not-a-weights-package")
 
     def test_hub_download_failure_points_to_local_weights(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        # The hub path without network: timm's download must fail fast and be explained.
+        # The hub path offline: timm's download must fail and be explained. huggingface_hub reads
+        # HF_HUB_OFFLINE when imported, so the constant is set too: nothing touches the network (without
+        # it, the download was attempted and took 47 s to time out here).
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         with pytest.raises(RuntimeError, match="backbone_weights"):
             build_feature_extractor("efficientnet_lite0", [1, 2, 3], pre_trained=True)
 
