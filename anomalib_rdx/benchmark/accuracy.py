@@ -51,7 +51,7 @@ from tqdm import tqdm
 import anomalib_rdx
 
 from .measure import DataAndTeacher, inference_parameters, measure_latency
-from .stock import ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
+from .stock import PATCHCORE_CORESET_RATIO, ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class BenchmarkConfig(DataAndTeacher):
     seed: int = 0
     val_split_ratio: float = 0.1
     max_steps: int = -1
+    patchcore_coreset_ratio: float = PATCHCORE_CORESET_RATIO
 
 
 def _teacher_kwargs(config: BenchmarkConfig) -> dict:
@@ -342,6 +343,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--seeds", nargs="+", type=int, default=[defaults.seed])
+    parser.add_argument(
+        "--patchcore-coreset-ratio",
+        type=float,
+        default=defaults.patchcore_coreset_ratio,
+        help="share of patch features PatchCore keeps (greedy selection: its time grows with this share "
+        "times the number of training patches)",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"))
     args = parser.parse_args(argv)
     root, category = args.data if args.data else (args.root, args.category)
@@ -360,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
             train_batch_size=args.train_batch_size,
             num_workers=args.num_workers,
             seed=seed,
+            patchcore_coreset_ratio=args.patchcore_coreset_ratio,
         )
         rows.append(run_one(name, config, args.output))
         write_results(rows, asdict(config) | {"seeds": args.seeds, "models": args.models}, args.output)
