@@ -1,5 +1,6 @@
 """Shared fixtures: real magnetic_tile data from ``../shared`` and the offline efficientnet_lite0 teacher."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,12 @@ from anomalib.data.utils import read_image
 
 from anomalib_rdx.components.weights import resolve_weights_path
 from anomalib_rdx.data import SAMPLE_DATA_ROOT, make_mvtec_subset
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # `pytest -n 2` (the README's test command) runs two test processes on the 2-core CI machine: one
+    # torch thread each, also in the CLI and notebook processes they start, so they do not oversubscribe it.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MAGNETIC_TILE = REPO_ROOT.parent / "shared" / "data" / "magnetic_tile"

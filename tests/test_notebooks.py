@@ -20,7 +20,8 @@ def execute(name: str, workdir: Path, **environment: str) -> nbformat.NotebookNo
     """Execute ``notebooks/<name>`` from the notebooks folder, as a user would; return the executed notebook."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     previous = dict(os.environ)
-    os.environ.update({"NOTEBOOK_WORKDIR": str(workdir), "OMP_NUM_THREADS": "2", **environment})
+    threads = os.environ.get("OMP_NUM_THREADS", "2")
+    os.environ.update({"NOTEBOOK_WORKDIR": str(workdir), "OMP_NUM_THREADS": threads, **environment})
     try:
         NotebookClient(
             notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}
