@@ -7,6 +7,7 @@ import huggingface_hub.constants
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
 from anomalib_rdx.components import (
     BackboneError,
@@ -24,6 +25,22 @@ from anomalib_rdx.components import (
 
 def _tensors(state_dict: dict) -> list[torch.Tensor]:
     return [value for key, value in state_dict.items() if not key.endswith("num_batches_tracked")]
+
+
+@pytest.fixture
+def offline_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty Hugging Face cache in ``tmp_path``, offline: timm's hub loader can only read this cache.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` and the cache folder when imported, so its constants are
+    set as well as the environment (with the variable alone, a download was attempted).
+    """
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 class TestWeights:
@@ -79,12 +96,26 @@ class TestWeights:
         with pytest.raises(FileNotFoundError, match="not-a-weights-package"):
             resolve_weights_path("not-a-weights-package")
 
-    def test_hub_download_failure_points_to_local_weights(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        # The hub path offline: timm's download must fail and be explained. huggingface_hub reads
-        # HF_HUB_OFFLINE when imported, so the constant is set too: nothing touches the network (without
-        # it, the download was attempted and took 47 s to time out here).
-        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    def test_hub_pretrained_path_reads_a_local_hub_cache(self, offline_hub: Path, lite0_weights: Path) -> None:
+        # `pre_trained=True` goes through timm's hub loader; here it reads the real ImageNet weights from a
+        # local Hugging Face cache (as on an offline machine with a pre-filled cache), never the network.
+        model = timm.create_model("efficientnet_lite0")
+        load_backbone_weights(model, lite0_weights, "efficientnet_lite0")
+        snapshot = offline_hub / "models--timm--efficientnet_lite0.ra_in1k" / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        (snapshot.parents[1] / "refs").mkdir()
+        (snapshot.parents[1] / "refs" / "main").write_text(snapshot.name)
+        save_file(
+            {key: value.contiguous() for key, value in model.state_dict().items()}, snapshot / "model.safetensors"
+        )
+        from_hub, _ = build_feature_extractor("efficientnet_lite0", [1, 2, 3], pre_trained=True)
+        from_file, _ = build_feature_extractor("efficientnet_lite0", [1, 2, 3], backbone_weights=lite0_weights)
+        images = torch.rand(1, 3, 64, 64)
+        for hub_level, file_level in zip(from_hub(images).values(), from_file(images).values(), strict=True):
+            assert torch.equal(hub_level, file_level)
+
+    def test_hub_download_failure_points_to_local_weights(self, offline_hub: Path) -> None:
+        # Offline with an empty cache: timm's hub loader fails, and the error says what to do instead.
         with pytest.raises(RuntimeError, match="backbone_weights"):
             build_feature_extractor("efficientnet_lite0", [1, 2, 3], pre_trained=True)
 
