@@ -105,8 +105,10 @@ class DistillationModule(AnomalibModule):
         self._restore_resumed_random_state()
 
     def _restore_resumed_random_state(self) -> None:
+        # Only when this fit resumes (``ckpt_path``): a model loaded with ``load_from_checkpoint`` and then
+        # fitted afresh keeps the random state its run was seeded with.
         state = getattr(self, "_resumed_random_state", None)
-        if state is not None:
+        if state is not None and self.trainer.ckpt_path is not None:
             restore_random_states(state)
             self._resumed_random_state = None
 
