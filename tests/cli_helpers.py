@@ -33,6 +33,16 @@ def run_anomalib(*args: str, cwd: Path, importable: Path | None = None) -> str:
     return output
 
 
+def model_args(class_path: str, weights: Path) -> list[str]:
+    """A package model on the offline efficientnet_lite0 teacher at strides 4, 8, 16."""
+    return [
+        "--model", class_path,
+        "--model.backbone", "efficientnet_lite0",
+        "--model.layers", "[1, 2, 3]",
+        "--model.backbone_weights", str(weights),
+    ]  # fmt: skip
+
+
 def data_args(root: Path, category: str = "magnetic_tile", val_split_mode: str = "synthetic") -> list[str]:
     """MVTecAD datamodule on an MVTec-layout folder; validation made of training images.
 

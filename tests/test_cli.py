@@ -8,11 +8,18 @@ import importlib
 from pathlib import Path
 
 import pytest
-import torch
 
+from anomalib_rdx.components.checkpoint import load_checkpoint
 from anomalib_rdx.data import make_mvtec_subset
 
-from .cli_helpers import data_args, evaluate_runtimes, only_checkpoint, openvino_torch_difference, run_anomalib
+from .cli_helpers import (
+    data_args,
+    evaluate_runtimes,
+    model_args,
+    only_checkpoint,
+    openvino_torch_difference,
+    run_anomalib,
+)
 from .conftest import REPO_ROOT, SHARED_MAGNETIC_TILE, requires_shared_data
 
 pytestmark = [pytest.mark.slow, requires_shared_data]
@@ -30,15 +37,6 @@ MODELS = {
     "anomalib_rdx.DualStudentKD": (1, (), "configs/dual_student_kd.yaml"),
     "anomalib_rdx.MultiResolutionKD": (1, (), "configs/multiresolution_kd.yaml"),
 }
-
-
-def model_args(class_path: str, weights: Path) -> list[str]:
-    return [
-        "--model", class_path,
-        "--model.backbone", "efficientnet_lite0",
-        "--model.layers", "[1, 2, 3]",
-        "--model.backbone_weights", str(weights),
-    ]  # fmt: skip
 
 
 def model_class(class_path: str) -> type:
@@ -70,7 +68,7 @@ def trained(
 
 def test_train_saves_every_optimizer_and_tests(trained: dict) -> None:
     optimizers, _, _ = MODELS[trained["class_path"]]
-    checkpoint = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(trained["checkpoint"])
     assert len(checkpoint["optimizer_states"]) == optimizers
     assert "image_AUROC" in trained["output"]
 

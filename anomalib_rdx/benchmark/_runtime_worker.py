@@ -5,9 +5,15 @@ peak resident memory it reports belongs to that runtime alone: an OpenVINO proce
 torch nor anomalib. Prints one JSON line: median and spread of the batch latency over ``repeats``
 runs after ``warmup`` runs, and the process's peak resident set size.
 
-Usage: ``python _runtime_worker.py <torch|openvino> <artifact> <batch> <size> <warmup> <repeats>``
+Usage: ``python _runtime_worker.py <torch|openvino> <artifact> <batch> <size> <warmup> <repeats> [class path]``
+
+The PyTorch runtime reads a Lightning checkpoint (``artifact``) of the model class at ``class path`` with
+that class's ``load_from_checkpoint`` (data only, ``weights_only=True``) and runs its whole inference
+pipeline (pre-processor, network, post-processor): what anomalib's torch export holds, without unpickling
+a module, which would run code.
 """
 
+import importlib
 import json
 import resource
 import statistics
@@ -24,10 +30,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on most systems
 
 
-def _torch_runner(artifact: str, batch: int, size: int):  # noqa: ANN202
+def _torch_runner(artifact: str, batch: int, size: int, class_path: str):  # noqa: ANN202
     import torch
 
-    model = torch.load(artifact, map_location="cpu", weights_only=False)["model"].eval()
+    module, _, name = class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)
+    # Benchmark checkpoints also hold the benchmark's evaluator metrics: load the networks leniently.
+    model = model_class.load_from_checkpoint(artifact, map_location="cpu", strict=False).eval()
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     def run() -> None:
@@ -37,7 +46,8 @@ def _torch_runner(artifact: str, batch: int, size: int):  # noqa: ANN202
     return run
 
 
-def _openvino_runner(artifact: str, batch: int, size: int):  # noqa: ANN202
+def _openvino_runner(artifact: str, batch: int, size: int, class_path: str):  # noqa: ANN202
+    del class_path
     import numpy as np
     import openvino as ov
 
@@ -55,10 +65,10 @@ def _openvino_runner(artifact: str, batch: int, size: int):  # noqa: ANN202
 
 def main(argv: list[str]) -> None:
     """Measure and print one JSON line."""
-    runtime, artifact, batch, size, warmup, repeats = argv
+    runtime, artifact, batch, size, warmup, repeats, *class_path = argv
     batch, size, warmup, repeats = int(batch), int(size), int(warmup), int(repeats)
     baseline_mib = peak_rss_mib()
-    run = (_torch_runner if runtime == "torch" else _openvino_runner)(artifact, batch, size)
+    run = (_torch_runner if runtime == "torch" else _openvino_runner)(artifact, batch, size, "".join(class_path))
     for _ in range(warmup):
         run()
     seconds = []

@@ -11,7 +11,6 @@ failed export naming its blocking operation and INT8 quantisation keeping the ma
 from pathlib import Path
 from typing import Any
 
-import torch
 from anomalib import LearningType
 from anomalib.data import AnomalibDataModule, Batch
 from anomalib.data.transforms.utils import extract_transforms_by_type
@@ -25,9 +24,11 @@ from anomalib_rdx.data.validation import validate_datamodule
 
 from .checkpoint import (
     CHECKPOINT_KEY,
-    CheckpointMismatchError,
+    SafeCheckpointIO,
+    UnsafeCheckpointError,
     check_checkpoint_class,
     package_state,
+    refuse_unsafe_checkpoint,
     restore_random_states,
 )
 from .export import ExportError, blocking_operation, quantize_int8
@@ -65,17 +66,25 @@ class DistillationModule(AnomalibModule):
         return PreProcessor(transform=transform)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> "DistillationModule":
-        """Lightning's loader, refusing first a checkpoint that holds another model class (naming the file)."""
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        saved_class = checkpoint.get(CHECKPOINT_KEY, {}).get("model_class")
-        if saved_class is not None and saved_class != cls.__name__:
-            msg = (
-                f"{checkpoint_path} holds an anomalib_rdx.{saved_class} model, not {cls.__name__}: load it with "
-                f"anomalib_rdx.{saved_class}.load_from_checkpoint (CLI: --model anomalib_rdx.{saved_class})."
-            )
-            raise CheckpointMismatchError(msg)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path,
+        *args,
+        weights_only: bool = True,
+        **kwargs,
+    ) -> "DistillationModule":
+        """Load with anomalib's loader (``weights_only=True``, its safe types), naming a refused file.
+
+        Raises:
+            UnsafeCheckpointError: The file holds something other than weights (its code does not run),
+                or ``weights_only=False`` was asked for.
+            CheckpointMismatchError: The file holds another model class.
+        """
+        if not weights_only:
+            msg = f"{checkpoint_path}: anomalib_rdx loads checkpoints with weights_only=True only."
+            raise UnsafeCheckpointError(msg)
+        with refuse_unsafe_checkpoint(checkpoint_path):
+            return super().load_from_checkpoint(checkpoint_path, *args, weights_only=True, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the model class and the random states (see :mod:`anomalib_rdx.components.checkpoint`)."""
@@ -85,7 +94,8 @@ class DistillationModule(AnomalibModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another model; keep its random states for a resumed fit."""
         model_keys = [key for key in self.state_dict() if key.startswith("model.")]
-        check_checkpoint_class(checkpoint, type(self).__name__, model_keys)
+        source = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_class(checkpoint, type(self).__name__, model_keys, source)
         super().on_load_checkpoint(checkpoint)
         self._resumed_random_state = checkpoint.get(CHECKPOINT_KEY)
 
@@ -167,8 +177,14 @@ class DistillationModule(AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping (manual optimisation forbids it) and no sanity validation."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+        """No gradient clipping (manual optimisation forbids it), no sanity validation, safe checkpoint reading.
+
+        ``plugins`` installs :class:`SafeCheckpointIO`, anomalib's checkpoint IO with ``weights_only=True``
+        fixed, so ``--ckpt_path`` never runs code from the file.
+        """
+        if getattr(self, "_checkpoint_io", None) is None:
+            self._checkpoint_io = SafeCheckpointIO(extra_safe_globals=self.checkpoint_safe_globals())
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0, "plugins": [self._checkpoint_io]}
 
     @property
     def learning_type(self) -> LearningType:
