@@ -95,6 +95,7 @@ class TestModelAndAblations:
         assert list(model.hparams.layers) == ["layer1", "layer2", "layer3"]
         assert model.input_size == (256, 256)
         assert (model.teacher_lr, model.student_lr, model.betas) == (1e-4, 5e-3, (0.5, 0.999))
+        assert model.hparams.gii_mode == "gated"
         assert len(model.model.gii) == 2
         assert all(injection.gated for injection in model.model.gii)
 
@@ -103,6 +104,18 @@ class TestModelAndAblations:
         assert model.model.expert is None
         assert not any(p.requires_grad for p in model.model.teacher.parameters())
         assert len(model.configure_optimizers()) == 1
+
+    def test_expert_off_alone_is_plain_reverse_distillation(self, lite0_teacher: dict) -> None:
+        model = _model(lite0_teacher, use_expert=False)
+        assert model.hparams.gii_mode == "off"
+        assert len(model.model.gii) == 0
+        assert model.model.expert is None
+
+    @pytest.mark.parametrize("mode", ["gated", "ungated"])
+    def test_skip_connections_without_expert_are_refused(self, lite0_teacher: dict, mode: str) -> None:
+        # Trained on normal images only, a decoder fed teacher detail learns to copy the teacher.
+        with pytest.raises(ValueError, match=rf"gii_mode='{mode}' with use_expert=False is refused"):
+            _model(lite0_teacher, use_expert=False, gii_mode=mode)
 
     def test_expert_on_has_frozen_expert_equal_to_teacher(self, lite0_teacher: dict) -> None:
         model = _model(lite0_teacher)

@@ -4,7 +4,7 @@ Every model of the package reads its teacher (or expert) through :func:`build_fe
 so layer validation, feature-pyramid metadata and weight loading behave the same everywhere.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -14,6 +14,9 @@ import torch
 from anomalib.models.components import TimmFeatureExtractor
 
 from .weights import load_backbone_weights, resolve_weights_path
+
+DEFAULT_STRIDES = (4, 8, 16)
+"""Strides of the levels a model reads when no ``layers`` are given (ResNet's ``layer1``-``layer3``)."""
 
 
 class BackboneError(ValueError):
@@ -61,15 +64,7 @@ def describe_feature_pyramid(backbone: str, layers: Sequence[str | int]) -> Feat
     if not layers:
         msg = f"`layers` is empty: give at least one feature level of backbone '{backbone}'."
         raise BackboneError(msg)
-    if not timm.is_model(backbone):
-        msg = f"Backbone '{backbone}' is not a timm model name (see `timm.list_models()`)."
-        raise BackboneError(msg)
-    try:
-        model = timm.create_model(backbone, pretrained=False, features_only=True, exportable=True)
-    except Exception as error:  # timm raises RuntimeError/ValueError/AssertionError here
-        msg = f"Backbone '{backbone}' cannot be built as a timm `features_only` CNN: {error}"
-        raise BackboneError(msg) from error
-    info = model.feature_info.info
+    info = _feature_info(backbone)
     names = [level["module"] for level in info]
     indices: list[int] = []
     for layer in layers:
@@ -95,6 +90,65 @@ def describe_feature_pyramid(backbone: str, layers: Sequence[str | int]) -> Feat
         channels=tuple(info[i]["num_chs"] for i in indices),
         reductions=tuple(reductions),
     )
+
+
+def _feature_info(backbone: str) -> list[dict]:
+    """Levels (module, stride, channels) of ``backbone`` built by timm as a ``features_only`` network."""
+    if not timm.is_model(backbone):
+        msg = f"Backbone '{backbone}' is not a timm model name (see `timm.list_models()`)."
+        raise BackboneError(msg)
+    try:
+        model = timm.create_model(backbone, pretrained=False, features_only=True, exportable=True)
+    except Exception as error:  # timm raises RuntimeError/ValueError/AssertionError here
+        msg = f"Backbone '{backbone}' cannot be built as a timm `features_only` CNN: {error}"
+        raise BackboneError(msg) from error
+    return model.feature_info.info
+
+
+def resolve_layers(
+    backbone: str,
+    layers: Sequence[str | int] | None,
+    paper_layers: Mapping[str, Sequence[str | int]] | None = None,
+    strides: Sequence[int] = DEFAULT_STRIDES,
+) -> list[str | int]:
+    """Feature levels a model reads: the given ``layers``, or a default that fits any CNN.
+
+    With ``layers=None`` the paper's layers are used for the paper's backbone (``paper_layers`` maps
+    backbone names to their layers, e.g. ``{"wide_resnet50_2": ("layer1", "layer2", "layer3")}``); for
+    any other backbone, the levels of timm's ``feature_info`` at ``strides`` (default 4, 8 and 16, which
+    are ``layer1``-``layer3`` of a ResNet), by module name. Where several levels share a stride, the
+    deepest is taken: it is the output of that resolution's last block.
+
+    Args:
+        backbone: timm model name.
+        layers: Explicit levels (module names or ``features_only`` indices), returned unchanged, or ``None``.
+        paper_layers: The paper's layers per backbone name.
+        strides: Strides of the default levels, shallow to deep.
+
+    Returns:
+        The levels, shallow to deep.
+
+    Raises:
+        BackboneError: If ``layers`` is ``None`` and ``backbone`` is unknown to timm, has no
+            ``features_only`` pyramid, or has no level at one of ``strides`` (e.g. a vision transformer,
+            whose levels all have stride 16).
+    """
+    if layers is not None:
+        return list(layers)
+    if paper_layers and backbone in paper_layers:
+        return list(paper_layers[backbone])
+    info = _feature_info(backbone)
+    deepest_at_stride = {level["reduction"]: level["module"] for level in info}
+    missing = [stride for stride in strides if stride not in deepest_at_stride]
+    if missing:
+        available = ", ".join(f"{i}:{level['module']} (stride {level['reduction']})" for i, level in enumerate(info))
+        msg = (
+            f"Backbone '{backbone}' has no feature level at strides {', '.join(map(str, missing))}, so no default "
+            f"layers (strides {', '.join(map(str, strides))}) can be chosen: pass `layers` explicitly. "
+            f"Its levels: {available}."
+        )
+        raise BackboneError(msg)
+    return [deepest_at_stride[stride] for stride in strides]
 
 
 def build_feature_extractor(

@@ -26,9 +26,12 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_rdx.components import DistillationModule
+from anomalib_rdx.components.backbone import resolve_layers
 
 from .augmentation import RestorationAugmenter
 from .torch_model import AugmentedRDModel
+
+PAPER_LAYERS = {"wide_resnet50_2": ("layer1", "layer2", "layer3")}
 
 
 class AugmentedRD(DistillationModule):
@@ -36,7 +39,9 @@ class AugmentedRD(DistillationModule):
 
     Args:
         backbone: timm CNN teacher. Defaults to ``wide_resnet50_2`` as in reverse distillation.
-        layers: Teacher levels, shallow to deep. Defaults to ``("layer1", "layer2", "layer3")``.
+        layers: Teacher levels, shallow to deep. ``None`` (default): ``layer1``-``layer3`` for
+            ``wide_resnet50_2``, otherwise the backbone's levels at strides 4, 8 and 16 (see
+            :func:`~anomalib_rdx.components.backbone.resolve_layers`).
         pre_trained: Download timm's ImageNet weights when ``backbone_weights`` is not given.
         backbone_weights: Local weights file or installed weights package name for the teacher.
         lr: Adam learning rate. Defaults to ``0.005``.
@@ -56,7 +61,7 @@ class AugmentedRD(DistillationModule):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
-        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        layers: Sequence[str | int] | None = None,
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
         lr: float = 0.005,
@@ -72,6 +77,8 @@ class AugmentedRD(DistillationModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # Resolved before anomalib saves the hyperparameters, so the checkpoint records the levels used.
+        layers = resolve_layers(backbone, layers, PAPER_LAYERS)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -82,7 +89,7 @@ class AugmentedRD(DistillationModule):
         self.betas = tuple(betas)
         self.model = AugmentedRDModel(
             backbone=backbone,
-            layers=list(layers),
+            layers=layers,
             input_size=self._require_input_size(),
             pre_trained=pre_trained,
             backbone_weights=backbone_weights,

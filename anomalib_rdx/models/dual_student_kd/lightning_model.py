@@ -25,10 +25,13 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_rdx.components import DistillationModule
+from anomalib_rdx.components.backbone import resolve_layers
 
 from .anomaly_map import ScaleCombination, StudentCombination
 from .loss import PyramidMatchingLoss
 from .torch_model import DFSource, DualStudentKDModel, Students
+
+PAPER_LAYERS = {"resnet18": ("layer1", "layer2", "layer3")}
 
 
 class DualStudentKD(DistillationModule):
@@ -36,7 +39,9 @@ class DualStudentKD(DistillationModule):
 
     Args:
         backbone: timm CNN teacher. Defaults to ``resnet18``.
-        layers: Levels, shallow to deep. Defaults to ``("layer1", "layer2", "layer3")``.
+        layers: Levels, shallow to deep. ``None`` (default): the paper's ``layer1``-``layer3`` for
+            ``resnet18``, otherwise the backbone's levels at strides 4, 8 and 16 (see
+            :func:`~anomalib_rdx.components.backbone.resolve_layers`).
         pre_trained: Download timm's ImageNet weights when ``backbone_weights`` is not given.
         backbone_weights: Local weights file or installed weights package name for the teacher.
         students: ``"both"`` (the paper), ``"encoder"`` (``Se`` only) or ``"decoder"`` (``Sd`` only).
@@ -55,7 +60,7 @@ class DualStudentKD(DistillationModule):
     def __init__(
         self,
         backbone: str = "resnet18",
-        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        layers: Sequence[str | int] | None = None,
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
         students: Students = "both",
@@ -69,6 +74,8 @@ class DualStudentKD(DistillationModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # Resolved before anomalib saves the hyperparameters, so the checkpoint records the levels used.
+        layers = resolve_layers(backbone, layers, PAPER_LAYERS)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -79,7 +86,7 @@ class DualStudentKD(DistillationModule):
         self.betas = tuple(betas)
         self.model = DualStudentKDModel(
             backbone=backbone,
-            layers=list(layers),
+            layers=layers,
             input_size=self._require_input_size(),
             pre_trained=pre_trained,
             backbone_weights=backbone_weights,

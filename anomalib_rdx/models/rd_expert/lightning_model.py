@@ -36,18 +36,39 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_rdx.components import DistillationModule, flat_cosine_distance
+from anomalib_rdx.components.backbone import resolve_layers
 
 from .loss import RDExpertLoss
-from .torch_model import GIIMode, RDExpertModel
+from .torch_model import GIIMode, RDExpertModel, resolve_gii_mode
+
+PAPER_LAYERS = {"wide_resnet50_2": ("layer1", "layer2", "layer3")}
 
 
 class RDExpert(DistillationModule):
     """RD with Expert and Guided Information Injection (Liu et al., AAAI 2025).
 
+    The ablation switches give four coherent settings:
+
+    ========================================  ===============================================
+    setting                                   meaning
+    ========================================  ===============================================
+    ``RDExpert()``                            the paper: expert + gated GII
+    ``RDExpert(gii_mode="ungated")``          expert + ungated skips (the authors' released
+                                              ``train.py`` runs this variant)
+    ``RDExpert(gii_mode="off")``              expert, no skip connections
+    ``RDExpert(use_expert=False)``            plain reverse distillation (GII off)
+    ========================================  ===============================================
+
+    ``use_expert=False`` with ``gii_mode="gated"`` or ``"ungated"`` is refused: without the expert the
+    student learns from normal images only, and teacher detail injected into its decoder lets it learn to
+    copy the teacher, anomalies included.
+
     Args:
         backbone: timm CNN for expert and teacher. Defaults to the paper's ``wide_resnet50_2``.
         layers: Teacher levels, shallow to deep, as module names or ``features_only`` indices.
-            Defaults to ``("layer1", "layer2", "layer3")``.
+            ``None`` (default): the paper's ``layer1``-``layer3`` for ``wide_resnet50_2``, otherwise the
+            backbone's levels at strides 4, 8 and 16 (see
+            :func:`~anomalib_rdx.components.backbone.resolve_layers`).
         pre_trained: Download timm's ImageNet weights when ``backbone_weights`` is not given.
         backbone_weights: Local weights file for expert and teacher (timm names, or another
             library's names in the same order), or the name of an installed weights package such as
@@ -55,7 +76,8 @@ class RDExpert(DistillationModule):
         use_expert: Train the teacher against a frozen expert (the paper). ``False`` freezes the
             teacher and trains the student as plain reverse distillation does.
         gii_mode: Guided Information Injection: ``"gated"`` (the paper), ``"ungated"`` skip
-            connections, or ``"off"``.
+            connections, or ``"off"``. ``None`` (default): ``"gated"`` with the expert, ``"off"``
+            without it.
         teacher_lr: Teacher Adam learning rate. Defaults to the paper's ``1e-4``.
         student_lr: Student Adam learning rate. Defaults to the paper's ``5e-3``.
         betas: Adam betas of both optimisers. Defaults to ``(0.5, 0.999)``.
@@ -73,11 +95,11 @@ class RDExpert(DistillationModule):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
-        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        layers: Sequence[str | int] | None = None,
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
         use_expert: bool = True,
-        gii_mode: GIIMode = "gated",
+        gii_mode: GIIMode | None = None,
         teacher_lr: float = 1e-4,
         student_lr: float = 5e-3,
         betas: tuple[float, float] = (0.5, 0.999),
@@ -88,6 +110,9 @@ class RDExpert(DistillationModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # Resolved before anomalib saves the hyperparameters, so the checkpoint records what is used.
+        layers = resolve_layers(backbone, layers, PAPER_LAYERS)
+        gii_mode = resolve_gii_mode(use_expert, gii_mode)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -101,7 +126,7 @@ class RDExpert(DistillationModule):
         self.betas = tuple(betas)
         self.model = RDExpertModel(
             backbone=backbone,
-            layers=list(layers),
+            layers=layers,
             input_size=self._require_input_size(),
             pre_trained=pre_trained,
             backbone_weights=backbone_weights,

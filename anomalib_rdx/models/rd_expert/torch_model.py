@@ -28,6 +28,38 @@ from .gii import GuidedInformationInjection
 GIIMode = Literal["gated", "ungated", "off"]
 
 
+def resolve_gii_mode(use_expert: bool, gii_mode: GIIMode | None) -> GIIMode:
+    """Check the ablation switches and fill in the default GII mode.
+
+    Args:
+        use_expert: Whether the teacher is trained against a frozen expert.
+        gii_mode: Requested mode, or ``None`` for the default: ``"gated"`` with the expert (the paper),
+            ``"off"`` without it (plain reverse distillation).
+
+    Returns:
+        The GII mode to build.
+
+    Raises:
+        ValueError: If ``gii_mode`` is unknown, or if skip connections are asked for without the expert:
+            the student then learns from normal images only, and injected teacher detail lets its
+            decoder learn to copy the teacher, anomalies included.
+    """
+    if gii_mode is None:
+        return "gated" if use_expert else "off"
+    if gii_mode not in {"gated", "ungated", "off"}:
+        msg = f"gii_mode must be 'gated', 'ungated' or 'off', got {gii_mode!r}."
+        raise ValueError(msg)
+    if not use_expert and gii_mode != "off":
+        msg = (
+            f"gii_mode={gii_mode!r} with use_expert=False is refused: without the expert the student is trained "
+            "on normal images only, and the teacher detail injected into its decoder lets it learn to copy the "
+            "teacher, anomalies included. Use use_expert=False alone (plain reverse distillation, GII off) or "
+            f"use_expert=True with gii_mode={gii_mode!r}."
+        )
+        raise ValueError(msg)
+    return gii_mode
+
+
 class RDExpertModel(ReverseDistillationNetwork):
     """Expert-teacher-student network with Guided Information Injection.
 
@@ -39,7 +71,9 @@ class RDExpertModel(ReverseDistillationNetwork):
         backbone_weights: Local weights file (or installed weights package name) for expert and teacher.
         use_expert: With the expert, the teacher is trained (RD with Expert); without, the teacher is
             frozen and only the student learns (plain reverse distillation training).
-        gii_mode: ``"gated"`` (GII), ``"ungated"`` (skip connection without gate) or ``"off"``.
+        gii_mode: ``"gated"`` (GII), ``"ungated"`` (skip connection without gate) or ``"off"``; ``None``
+            chooses by ``use_expert`` (see :func:`resolve_gii_mode`, which also refuses skip connections
+            without the expert).
     """
 
     def __init__(
@@ -50,11 +84,9 @@ class RDExpertModel(ReverseDistillationNetwork):
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
         use_expert: bool = True,
-        gii_mode: GIIMode = "gated",
+        gii_mode: GIIMode | None = None,
     ) -> None:
-        if gii_mode not in {"gated", "ungated", "off"}:
-            msg = f"gii_mode must be 'gated', 'ungated' or 'off', got {gii_mode!r}."
-            raise ValueError(msg)
+        gii_mode = resolve_gii_mode(use_expert, gii_mode)
         super().__init__(
             backbone,
             layers,
