@@ -4,10 +4,14 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from anomalib.metrics import AUROC
 
 from anomalib_rdx.benchmark.accuracy import COST_COLUMNS, METRICS, main
+from anomalib_rdx.benchmark.per_type import PER_TYPE_METRICS
 from anomalib_rdx.data import make_mvtec_subset
 
 from .conftest import SHARED_MAGNETIC_TILE, requires_shared_data
@@ -15,6 +19,7 @@ from .conftest import SHARED_MAGNETIC_TILE, requires_shared_data
 pytestmark = [pytest.mark.slow, requires_shared_data]
 
 MODELS = ["AugmentedRD-plain", "Patchcore", "ReverseDistillation", "Stfpm"]
+DEFECT_TYPES = ("blowhole", "break", "crack", "fray", "uneven")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +62,40 @@ def test_rows_have_finite_metrics_in_range(benchmark_output: Path) -> None:
         for column in COST_COLUMNS:
             assert math.isfinite(row[column]), (row["model"], column)
             assert row[column] > 0, (row["model"], column)
+        assert row["good_images"] == 3
+        for defect_type in DEFECT_TYPES:
+            assert row[f"{defect_type}_images"] == 1
+            for metric in PER_TYPE_METRICS:
+                assert 0.0 <= row[f"{defect_type}_{metric}"] <= 1.0, (row["model"], defect_type, metric)
+
+
+def test_per_type_image_auroc_is_the_auroc_of_good_and_that_type(benchmark_output: Path) -> None:
+    """Recomputed from the per-image scores file with anomalib's AUROC: good images + one defect type."""
+    rows = json.loads((benchmark_output / "results.json").read_text())["results"]
+    row = next(row for row in rows if row["model"] == "AugmentedRD-plain")
+    with (benchmark_output / row["test_scores"]).open() as file:
+        scores = list(csv.DictReader(file))
+    for defect_type in DEFECT_TYPES:
+        chosen = [s for s in scores if Path(s["image_path"]).parent.name in {"good", defect_type}]
+        metric = AUROC(fields=["pred_score", "gt_label"])
+        metric.update(
+            SimpleNamespace(
+                pred_score=torch.tensor([float(s["pred_score"]) for s in chosen]),
+                gt_label=torch.tensor([int(s["gt_label"]) for s in chosen]),
+            )
+        )
+        assert row[f"{defect_type}_image_AUROC"] == pytest.approx(float(metric.compute()), abs=1e-4)
+
+
+def test_learning_curve_has_validation_metrics(benchmark_output: Path) -> None:
+    rows = json.loads((benchmark_output / "results.json").read_text())["results"]
+    row = next(row for row in rows if row["model"] == "AugmentedRD-plain")
+    with (benchmark_output / row["learning_curve"]).open() as file:
+        curve = list(csv.DictReader(file))
+    assert len(curve) == 1  # one epoch, validated once
+    assert int(curve[0]["step"]) == row["train_steps"] > 0
+    assert 0 < float(curve[0]["train_seconds"]) <= row["train_seconds"]
+    assert 0.0 <= float(curve[0]["val_image_AUROC"]) <= 1.0
 
 
 def test_models_that_cannot_run_are_reported_with_the_reason(benchmark_output: Path) -> None:

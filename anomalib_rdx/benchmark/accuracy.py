@@ -49,8 +49,10 @@ from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
 import anomalib_rdx
+from anomalib_rdx.components.checkpoint import load_checkpoint
 
 from .measure import DataAndTeacher, inference_parameters, measure_latency
+from .per_type import PER_TYPE_METRICS, LearningCurve, PerDefectTypeMetrics
 from .stock import PATCHCORE_CORESET_RATIO, ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class BenchmarkConfig(DataAndTeacher):
     seed: int = 0
     val_split_ratio: float = 0.1
     max_steps: int = -1
+    max_minutes: float | None = None
+    val_check_interval: int | None = None
     patchcore_coreset_ratio: float = PATCHCORE_CORESET_RATIO
 
 
@@ -147,8 +151,9 @@ def load_benchmark_checkpoint(name: str, path: Path) -> AnomalibModule:
     Benchmark checkpoints carry the benchmark's evaluator metrics, which a default model lacks: they are
     loaded leniently, then every network weight is checked to have come from the checkpoint.
     """
-    model = model_class(name).load_from_checkpoint(path, map_location="cpu", strict=False).eval()
-    saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    cls = model_class(name)
+    saved = load_checkpoint(path, cls.checkpoint_safe_globals())["state_dict"]  # data only: refuses code
+    model = cls.load_from_checkpoint(path, map_location="cpu", strict=False).eval()
     missing = [key for key in model.state_dict() if key.startswith("model.") and key not in saved]
     if missing:
         msg = f"{path} is not a {name} checkpoint of this architecture: it lacks {missing[:3]}."
@@ -157,8 +162,16 @@ def load_benchmark_checkpoint(name: str, path: Path) -> AnomalibModule:
 
 
 def benchmark_evaluator() -> Evaluator:
-    """Anomalib's default test metrics plus PRO (AUPRO up to 30% false-positive rate)."""
+    """Anomalib's default test metrics plus PRO (AUPRO up to 30% false-positive rate); AUROCs on validation.
+
+    The validation metrics (``val_`` prefix: synthetic anomalies of held-out training images) feed the
+    learning curve (:class:`~anomalib_rdx.benchmark.per_type.LearningCurve`).
+    """
     return Evaluator(
+        val_metrics=[
+            AUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
+        ],
         test_metrics=[
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
             F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
@@ -204,11 +217,19 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         logger.warning("%s skipped: %s", name, skipped)
         return {"model": name, "seed": config.seed, "status": "skipped", "reason": str(skipped)}
     folder = output / name / f"seed{config.seed}"
-    recorder = TestScoreRecorder()
+    recorder, per_type, learning_curve = TestScoreRecorder(), PerDefectTypeMetrics(), LearningCurve()
+    budget = {"max_time": {"seconds": config.max_minutes * 60}} if config.max_minutes else {}
+    validation = (
+        {"val_check_interval": config.val_check_interval, "check_val_every_n_epoch": None}
+        if config.val_check_interval
+        else {}
+    )
     engine = Engine(
-        callbacks=[recorder],
-        max_epochs=config.epochs,
+        callbacks=[recorder, per_type, learning_curve],
+        max_epochs=config.epochs if not config.max_minutes else -1,
         max_steps=config.max_steps,
+        **budget,
+        **validation,
         default_root_dir=folder,
         logger=False,
         enable_progress_bar=True,
@@ -222,6 +243,8 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
     test_seconds = time.perf_counter() - start
     recorder.write(folder / "test_scores.csv")
+    _write_csv(learning_curve.rows, folder / "learning_curve.csv")
+    checkpoint = next(folder.rglob("*.ckpt"))
     datamodule.setup("test")
     extra = {}
     if isinstance(model, anomalib_rdx.MultiResolutionKD):
@@ -236,30 +259,34 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         "seed": config.seed,
         "status": "ok",
         **{metric: float(metrics[metric]) for metric in METRICS},
+        **per_type.compute(),
         "train_seconds": round(train_seconds, 1),
-        **inference_costs(model, engine, config, folder),
+        "train_steps": engine.trainer.global_step,
+        "epochs_trained": engine.trainer.current_epoch,
+        **inference_costs(model, checkpoint, config),
         "test_seconds": round(test_seconds, 1),
         "test_images": len(datamodule.test_data),
         "train_images": len(datamodule.train_data),
         **extra,
         # Relative to the output folder: the notebooks read scores and reload the model from them.
         "test_scores": str((folder / "test_scores.csv").relative_to(output)),
-        "checkpoint": str(next(folder.rglob("*.ckpt")).relative_to(output)),
+        "learning_curve": str((folder / "learning_curve.csv").relative_to(output)),
+        "checkpoint": str(checkpoint.relative_to(output)),
     }
     logger.info("%s", row)
     return row
 
 
-def inference_costs(model: AnomalibModule, engine: Engine, config: BenchmarkConfig, folder: Path) -> dict:
+def inference_costs(model: AnomalibModule, checkpoint: Path, config: BenchmarkConfig) -> dict:
     """Parameters, per-image latency (batch 1 and 16) and peak memory of PyTorch inference.
 
-    The model is exported with ``Engine.export`` (the ``.pt`` a user deploys) and timed in a fresh process
-    (median of 10 runs after 3 warm-up runs).
+    The trained checkpoint is read (as data only) in a fresh process and its whole inference pipeline
+    (pre-processor, network, post-processor: what anomalib's torch export holds) is timed there (median of
+    10 runs after 3 warm-up runs).
     """
-    artifact = engine.export(model, "torch", export_root=folder / "export")
     costs: dict[str, float] = {"parameters": inference_parameters(model)}
     for batch in LATENCY_BATCHES:
-        figures = measure_latency(artifact, "torch", batch, config.image_size)
+        figures = measure_latency(checkpoint, "torch", batch, config.image_size, model_class=type(model))
         costs[f"latency_ms_per_image_b{batch}"] = round(figures["latency_ms"] / batch, 2)
         costs[f"peak_inference_rss_mib_b{batch}"] = round(figures["peak_rss_mib"], 1)
     return costs
@@ -275,7 +302,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             summary.append({"model": name, "status": "skipped", "reason": skipped.get("reason", "")})
             continue
         entry: dict = {"model": name, "status": "ok", "seeds": len(runs)}
-        for column in (*METRICS, *COST_COLUMNS):
+        for column in (*METRICS, *(f"mean_per_type_{name}" for name in PER_TYPE_METRICS), *COST_COLUMNS):
             values = [float(run[column]) for run in runs if column in run]
             if not values:
                 continue
@@ -340,6 +367,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="training steps (overrides epochs)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=defaults.max_minutes,
+        help="wall-clock training budget per model in minutes (overrides --epochs; validation runs count)",
+    )
+    parser.add_argument(
+        "--val-check-interval",
+        type=int,
+        default=defaults.val_check_interval,
+        help="validate every N training steps (learning-curve points); default: every epoch",
+    )
     parser.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--seeds", nargs="+", type=int, default=[defaults.seed])
@@ -365,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
             image_size=args.image_size,
             epochs=args.epochs,
             max_steps=args.max_steps,
+            max_minutes=args.max_minutes,
+            val_check_interval=args.val_check_interval,
             train_batch_size=args.train_batch_size,
             num_workers=args.num_workers,
             seed=seed,
