@@ -134,6 +134,9 @@ class DistillationModule(AnomalibModule):
         """
         strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
         if isinstance(strategy, DDPStrategy):
+            # Private: Lightning has no public setter once the strategy is built from ``--trainer.strategy
+            # ddp``. Checked against Lightning 2.6 (``DDPStrategy._setup_model`` passes ``_ddp_kwargs`` to
+            # ``DistributedDataParallel``); tests/test_private_hooks.py fails if that changes.
             strategy._ddp_kwargs["find_unused_parameters"] = True
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
