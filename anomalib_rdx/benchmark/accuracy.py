@@ -351,8 +351,19 @@ def _data_folder(value: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     defaults = BenchmarkConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
+    parser = argparse.ArgumentParser(
+        prog="python -m anomalib_rdx.benchmark",
+        description="Train and test models under one protocol on an MVTec-layout folder; write results.json/csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=DEFAULT_MODELS,
+        choices=list(MODELS),
+        metavar="NAME",
+        help=f"models to run, from: {', '.join(MODELS)}",
+    )
     parser.add_argument(
         "--data",
         type=_data_folder,
@@ -360,12 +371,18 @@ def main(argv: list[str] | None = None) -> None:
         "replaces --root and --category",
     )
     parser.add_argument("--root", default=defaults.root, help="parent folder of the MVTec-layout category folder")
-    parser.add_argument("--category", default=defaults.category)
-    parser.add_argument("--backbone", default=defaults.backbone)
-    parser.add_argument("--layers", nargs="+", default=defaults.layers, type=lambda v: int(v) if v.isdigit() else v)
+    parser.add_argument("--category", default=defaults.category, help="category folder under --root")
+    parser.add_argument("--backbone", default=defaults.backbone, help="timm CNN of every teacher")
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        default=defaults.layers,
+        type=lambda v: int(v) if v.isdigit() else v,
+        help="teacher levels (module names or features_only indices)",
+    )
     parser.add_argument("--backbone-weights", default=defaults.backbone_weights, help="'none' to download from timm")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="square input size")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs per model")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="training steps (overrides epochs)")
     parser.add_argument(
         "--max-minutes",
@@ -379,9 +396,9 @@ def main(argv: list[str] | None = None) -> None:
         default=defaults.val_check_interval,
         help="validate every N training steps (learning-curve points); default: every epoch",
     )
-    parser.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
-    parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[defaults.seed])
+    parser.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size, help="training batch")
+    parser.add_argument("--num-workers", type=int, default=defaults.num_workers, help="data-loading workers")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[defaults.seed], help="one run per seed and model")
     parser.add_argument(
         "--patchcore-coreset-ratio",
         type=float,
@@ -389,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         help="share of patch features PatchCore keeps (greedy selection: its time grows with this share "
         "times the number of training patches)",
     )
-    parser.add_argument("--output", type=Path, default=Path("results/benchmark"))
+    parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="results folder")
     args = parser.parse_args(argv)
     root, category = args.data if args.data else (args.root, args.category)
     rows: list[dict] = []

@@ -248,7 +248,11 @@ def _checkpoint_argument(value: str) -> tuple[str, Path]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     defaults = DeploymentConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m anomalib_rdx.benchmark.deployment",
+        description="Export models as PyTorch checkpoint, OpenVINO FP32 and INT8; measure latency, memory and AUROC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--models", nargs="*", default=list(LATENCY_MODELS), help="untrained models (latency/size)")
     parser.add_argument(
         "--checkpoint",

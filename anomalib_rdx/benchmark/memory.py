@@ -76,7 +76,11 @@ def measure_model(name: str, data: Path, image_size: int, batch_size: int, steps
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m anomalib_rdx.benchmark.memory",
+        description="Peak training and inference memory of each model, each in a fresh process.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--models", nargs="+", default=PACKAGE_MODELS)
     parser.add_argument("--data", type=Path, default=SAMPLE_DATA_ROOT / "magnetic_tile", help="MVTec-layout folder")
     parser.add_argument("--image-size", type=int, default=256)

@@ -20,7 +20,8 @@ class DualStudentAnomalyMap(nn.Module):
 
     The defaults (``add`` x ``mean``) were chosen on training data only: on synthetic anomalies of
     held-out magnetic_tile training images they had the best image AUROC and the best mean of image
-    and pixel AUROC of the six combinations (``combination_study.py``; all within 0.014 of each other).
+    and pixel AUROC of the six combinations (``anomalib_rdx.benchmark.dskd_combinations``; all within
+    0.014 of each other).
 
     Args:
         image_size: Output size ``(H, W)``.
