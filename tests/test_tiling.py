@@ -20,12 +20,19 @@ INPUT, TILE = 256, 64
 
 
 class TrainingInputShape(Callback):
-    """Shape of the images the training step received."""
+    """Shape of the images the teacher (MKD: the expert) received during training steps."""
 
     shape: tuple[int, ...] = ()
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch, *args) -> None:
-        self.shape = tuple(batch.image.shape)
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        network = getattr(pl_module.model, "teacher", None) or pl_module.model.expert
+
+        def record(module: torch.nn.Module, inputs: tuple) -> None:
+            del module
+            if trainer.training:
+                self.shape = tuple(inputs[0].shape)
+
+        network.register_forward_pre_hook(record)
 
 
 @pytest.mark.parametrize("name", ["RDExpert", "AugmentedRD", "DualStudentKD", "MultiResolutionKD"])

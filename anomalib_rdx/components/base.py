@@ -32,6 +32,7 @@ from .checkpoint import (
     restore_random_states,
 )
 from .export import ExportError, blocking_operation, quantize_int8
+from .network import DistillationNetwork
 
 DEFAULT_IMAGE_SIZE = (256, 256)
 
@@ -140,10 +141,13 @@ class DistillationModule(AnomalibModule):
             strategy._ddp_kwargs["find_unused_parameters"] = True
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        """With anomalib's tiler set, train on the batch's tiles (see :mod:`anomalib_rdx.components.tiling`)."""
+        """With anomalib's tiler set, train a torch model that does not tile itself on the batch's tiles.
+
+        A :class:`~anomalib_rdx.components.network.DistillationNetwork` tiles inside the model.
+        """
         del batch_idx
         tiler = getattr(self.model, "tiler", None)
-        if tiler is not None:
+        if tiler is not None and not isinstance(self.model, DistillationNetwork):
             batch.image = tiler.tile(batch.image)
 
     def prepare_data(self) -> None:

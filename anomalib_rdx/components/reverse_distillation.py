@@ -11,18 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from anomalib.data import InferenceBatch
-from anomalib.data.utils.tiler import Tiler
 from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 from torch import nn
 
 from .backbone import build_feature_extractor
 from .decoder import build_student, check_input_size
-from .normalization import ImageNetNormalization
-from .tiling import tile_images, untile_features
+from .network import DistillationNetwork, ImageScore
 
 
-class ReverseDistillationNetwork(nn.Module):
+class ReverseDistillationNetwork(DistillationNetwork):
     """Teacher encoder, one-class bottleneck and mirrored student decoder.
 
     Args:
@@ -32,6 +29,8 @@ class ReverseDistillationNetwork(nn.Module):
         pre_trained: Download timm's pretrained weights when ``backbone_weights`` is not given.
         backbone_weights: Local weights file or installed weights package name for the teacher.
         trainable_teacher: Whether the teacher's parameters receive gradients.
+        image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
+        top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
     """
 
     def __init__(
@@ -42,9 +41,10 @@ class ReverseDistillationNetwork(nn.Module):
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
         trainable_teacher: bool = False,
+        image_score: ImageScore = "max",
+        top_k_share: float = 0.01,
     ) -> None:
-        super().__init__()
-        self.normalize = ImageNetNormalization()
+        super().__init__(image_score=image_score, top_k_share=top_k_share)
         self.teacher, self.pyramid = build_feature_extractor(
             backbone,
             layers,
@@ -55,7 +55,6 @@ class ReverseDistillationNetwork(nn.Module):
         check_input_size(input_size, self.pyramid, backbone)
         self.bottleneck, self.decoder = build_student(backbone, self.pyramid)
         self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=AnomalyMapGenerationMode.ADD)
-        self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Parameters of the student (bottleneck and decoder)."""
@@ -69,22 +68,12 @@ class ReverseDistillationNetwork(nn.Module):
         """Reconstruct teacher features from their one-class embedding, shallow to deep."""
         return self.decoder(self.bottleneck(list(teacher_features)))
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
-        """Score ``[0, 1]`` images.
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher features and the student's reconstruction of them, shallow to deep."""
+        teacher_features = self.teacher_features(images)
+        return teacher_features, self.student_features(teacher_features)
 
-        Returns:
-            In training mode, teacher and student features; in evaluation mode, anomalib's
-            ``InferenceBatch`` with the anomaly map and the image score (map maximum).
-        """
-        tiler = None if self.training else getattr(self, "tiler", None)  # absent in pickles of older versions
-        teacher_features = self.teacher_features(self.normalize(tile_images(tiler, images)))
-        student_features = self.student_features(teacher_features)
-        if self.training:
-            return teacher_features, student_features
-        teacher_features, student_features = (
-            untile_features(tiler, teacher_features),
-            untile_features(tiler, student_features),
-        )
-        anomaly_map = self.anomaly_map_generator(teacher_features, student_features)
-        pred_score = torch.amax(anomaly_map, dim=(-2, -1))
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+    def anomaly_map(self, features: tuple[list[torch.Tensor], list[torch.Tensor]]) -> torch.Tensor:
+        """Sum over scales of ``1 - cos(teacher, student)``, upsampled and blurred (sigma 4)."""
+        teacher_features, student_features = features
+        return self.anomaly_map_generator(teacher_features, student_features)

@@ -27,6 +27,7 @@ from torch import optim
 
 from anomalib_rdx.components import DistillationModule
 from anomalib_rdx.components.backbone import resolve_layers
+from anomalib_rdx.components.network import ImageScore
 
 from .augmentation import RestorationAugmenter
 from .torch_model import AugmentedRDModel
@@ -52,6 +53,8 @@ class AugmentedRD(DistillationModule):
         anomaly_probability: See :class:`RestorationAugmenter`.
         flip_probability: See :class:`RestorationAugmenter`.
         anomaly_source_path: Texture folder for the anomaly patches (Perlin noise when ``None``).
+        image_score: Image score from the map: ``"max"`` (the paper) or ``"top_k_mean"``.
+        top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         pre_processor: Pre-processor; must resize and must not normalise.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -72,6 +75,8 @@ class AugmentedRD(DistillationModule):
         anomaly_probability: float = 0.5,
         flip_probability: float = 0.0,
         anomaly_source_path: str | Path | None = None,
+        image_score: ImageScore = "max",
+        top_k_share: float = 0.01,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -93,6 +98,8 @@ class AugmentedRD(DistillationModule):
             input_size=self._require_input_size(),
             pre_trained=pre_trained,
             backbone_weights=backbone_weights,
+            image_score=image_score,
+            top_k_share=top_k_share,
         )
         self.augmenter = RestorationAugmenter(
             color_jitter_probability=color_jitter_probability,
@@ -110,7 +117,7 @@ class AugmentedRD(DistillationModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Restore the raw representation from the transformed one."""
         del args, kwargs
-        raw, transformed = self.augmenter(batch.image)
+        raw, transformed = self.augmenter(self.model.tile(batch.image))  # tiles when anomalib's tiler is set
         loss = self.model.restoration_loss(*self.model.restoration_features(raw, transformed))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}

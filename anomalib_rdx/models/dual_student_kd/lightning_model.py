@@ -26,6 +26,7 @@ from torch import optim
 
 from anomalib_rdx.components import DistillationModule
 from anomalib_rdx.components.backbone import resolve_layers
+from anomalib_rdx.components.network import ImageScore
 
 from .anomaly_map import ScaleCombination, StudentCombination
 from .loss import PyramidMatchingLoss
@@ -51,6 +52,8 @@ class DualStudentKD(DistillationModule):
         student_combination: ``"mean"``, ``"max"`` or ``"multiply"`` the students' maps.
         lr: Adam learning rate of students and embedding. Defaults to ``0.005``.
         betas: Adam betas. Defaults to ``(0.5, 0.999)``.
+        image_score: Image score from the map: ``"max"`` (the paper) or ``"top_k_mean"``.
+        top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         pre_processor: Pre-processor; must resize and must not normalise.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -69,6 +72,8 @@ class DualStudentKD(DistillationModule):
         student_combination: StudentCombination = "mean",
         lr: float = 0.005,
         betas: tuple[float, float] = (0.5, 0.999),
+        image_score: ImageScore = "max",
+        top_k_share: float = 0.01,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -94,6 +99,8 @@ class DualStudentKD(DistillationModule):
             df_source=df_source,
             scale_combination=scale_combination,
             student_combination=student_combination,
+            image_score=image_score,
+            top_k_share=top_k_share,
         )
         self.loss = PyramidMatchingLoss()
 

@@ -21,18 +21,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from anomalib.data import InferenceBatch
-from anomalib.data.utils.tiler import Tiler
 from torch import nn
 
-from anomalib_rdx.components import (
-    ImageNetNormalization,
-    PyramidBottleneck,
-    build_feature_extractor,
-    build_student,
-    check_input_size,
-)
-from anomalib_rdx.components.tiling import tile_images, untile_features
+from anomalib_rdx.components import PyramidBottleneck, build_feature_extractor, build_student, check_input_size
+from anomalib_rdx.components.network import DistillationNetwork, ImageScore
 
 from .anomaly_map import DualStudentAnomalyMap, ScaleCombination, StudentCombination
 
@@ -40,7 +32,7 @@ Students = Literal["both", "encoder", "decoder"]
 DFSource = Literal["student", "teacher", "off"]
 
 
-class DualStudentKDModel(nn.Module):
+class DualStudentKDModel(DistillationNetwork):
     """Teacher, encoder-shaped student ``Se`` and decoder-shaped student ``Sd`` with DF embedding.
 
     Args:
@@ -54,6 +46,8 @@ class DualStudentKDModel(nn.Module):
         df_source: Features the DF embedding fuses: ``"student"``, ``"teacher"`` or ``"off"``.
         scale_combination: How the anomaly map combines scales.
         student_combination: How the anomaly map combines the students.
+        image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
+        top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
     """
 
     def __init__(
@@ -67,15 +61,16 @@ class DualStudentKDModel(nn.Module):
         df_source: DFSource = "student",
         scale_combination: ScaleCombination = "add",
         student_combination: StudentCombination = "mean",
+        image_score: ImageScore = "max",
+        top_k_share: float = 0.01,
     ) -> None:
-        super().__init__()
+        super().__init__(image_score=image_score, top_k_share=top_k_share)
         if students not in {"both", "encoder", "decoder"}:
             msg = f"students must be 'both', 'encoder' or 'decoder', got {students!r}."
             raise ValueError(msg)
         if df_source not in {"student", "teacher", "off"}:
             msg = f"df_source must be 'student', 'teacher' or 'off', got {df_source!r}."
             raise ValueError(msg)
-        self.normalize = ImageNetNormalization()
         self.teacher, pyramid = build_feature_extractor(
             backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights
         )
@@ -96,8 +91,7 @@ class DualStudentKDModel(nn.Module):
                 self.df_embedding = PyramidBottleneck(
                     pyramid.channels[-1:], pyramid.reductions[-1:], embedding_channels=embedding_channels
                 )
-        self.anomaly_map = DualStudentAnomalyMap(input_size, scale_combination, student_combination)
-        self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
+        self.anomaly_map_generator = DualStudentAnomalyMap(input_size, scale_combination, student_combination)
 
     @staticmethod
     def _embedding_channels(bottleneck: nn.Module, deepest_channels: int) -> int:
@@ -110,8 +104,7 @@ class DualStudentKDModel(nn.Module):
         return [parameter for module in modules if module is not None for parameter in module.parameters()]
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        """Teacher features and each active student's features (``Se`` first), shallow to deep."""
-        images = self.normalize(images)
+        """Teacher features and each active student's features (``Se`` first), shallow to deep, of normalised images."""
         teacher = list(self.teacher(images).values())
         encoder = list(self.encoder_student(images).values()) if self.encoder_student is not None else None
         students = []
@@ -123,12 +116,7 @@ class DualStudentKDModel(nn.Module):
             students.append(self.decoder_student(self.df_embedding(embedding_input)))
         return teacher, students
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]] | InferenceBatch:
-        """Teacher and student features in training; anomaly map and score (map maximum) in evaluation."""
-        tiler = None if self.training else getattr(self, "tiler", None)  # absent in pickles of older versions
-        teacher, students = self.features(tile_images(tiler, images))
-        if self.training:
-            return teacher, students
-        teacher, students = untile_features(tiler, teacher), [untile_features(tiler, s) for s in students]
-        anomaly_map = self.anomaly_map(teacher, students)
-        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
+    def anomaly_map(self, features: tuple[list[torch.Tensor], list[list[torch.Tensor]]]) -> torch.Tensor:
+        """Per-scale, per-student discrepancy maps combined (see :mod:`.anomaly_map`)."""
+        teacher, students = features
+        return self.anomaly_map_generator(teacher, students)

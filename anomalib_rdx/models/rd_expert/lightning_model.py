@@ -37,9 +37,10 @@ from torch import optim
 
 from anomalib_rdx.components import DistillationModule, flat_cosine_distance
 from anomalib_rdx.components.backbone import resolve_layers
+from anomalib_rdx.components.network import ImageScore
 
 from .loss import RDExpertLoss
-from .torch_model import GIIMode, RDExpertModel, resolve_gii_mode
+from .torch_model import GIIMode, MapReference, RDExpertModel, resolve_gii_mode
 
 PAPER_LAYERS = {"wide_resnet50_2": ("layer1", "layer2", "layer3")}
 
@@ -84,13 +85,20 @@ class RDExpert(DistillationModule):
         anomaly_source_path: Folder of texture images (e.g. DTD) for the synthetic anomalies;
             Perlin noise textures when ``None``.
         anomaly_probability: Probability that a training image gets a synthetic anomaly.
+        map_reference: Features the student is compared with at inference: ``"teacher"`` (the paper),
+            ``"expert"`` or ``"both"`` (see :class:`RDExpertModel`; the expert then joins the exported graph).
+        image_score: Image score from the map: ``"max"`` (the paper) or ``"top_k_mean"``.
+        top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         pre_processor: Pre-processor; must resize and must not normalise. ``True`` for the default.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
         visualizer: anomalib visualizer or flag.
     """
 
-    TRAINING_ONLY_PREFIXES = ("model.expert.",)
+    @property
+    def TRAINING_ONLY_PREFIXES(self) -> tuple[str, ...]:  # noqa: N802  (the base's class attribute)
+        """The expert is training-only unless the maps compare with it."""
+        return ("model.expert.",) if self.model.map_reference == "teacher" else ()
 
     def __init__(
         self,
@@ -105,6 +113,9 @@ class RDExpert(DistillationModule):
         betas: tuple[float, float] = (0.5, 0.999),
         anomaly_source_path: str | Path | None = None,
         anomaly_probability: float = 1.0,
+        map_reference: MapReference = "teacher",
+        image_score: ImageScore = "max",
+        top_k_share: float = 0.01,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -132,6 +143,9 @@ class RDExpert(DistillationModule):
             backbone_weights=backbone_weights,
             use_expert=use_expert,
             gii_mode=gii_mode,
+            map_reference=map_reference,
+            image_score=image_score,
+            top_k_share=top_k_share,
         )
         self.loss = RDExpertLoss()
         self.anomaly_generator = PerlinAnomalyGenerator(
@@ -154,8 +168,9 @@ class RDExpert(DistillationModule):
             return {"loss": self._plain_student_step(batch.image)}
         teacher_optimizer, student_optimizer = self.optimizers()
         model = self.model
-        augmented, anomaly_mask = self.anomaly_generator(batch.image)
-        normal_input, augmented_input = model.normalize(batch.image), model.normalize(augmented)
+        images = model.tile(batch.image)  # anomalib's tiler, when set: train on the tiles
+        augmented, anomaly_mask = self.anomaly_generator(images)
+        normal_input, augmented_input = model.normalize(images), model.normalize(augmented)
 
         with torch.no_grad():
             expert_normal = model.expert_features(normal_input)

@@ -21,11 +21,14 @@ import torch
 from torch import nn
 
 from anomalib_rdx.components import set_trainable
+from anomalib_rdx.components.network import ImageScore
 from anomalib_rdx.components.reverse_distillation import ReverseDistillationNetwork
 
 from .gii import GuidedInformationInjection
 
 GIIMode = Literal["gated", "ungated", "off"]
+MapReference = Literal["teacher", "expert", "both"]
+MAP_REFERENCES = ("teacher", "expert", "both")
 
 
 def resolve_gii_mode(use_expert: bool, gii_mode: GIIMode | None) -> GIIMode:
@@ -60,6 +63,16 @@ def resolve_gii_mode(use_expert: bool, gii_mode: GIIMode | None) -> GIIMode:
     return gii_mode
 
 
+def check_map_reference(use_expert: bool, map_reference: MapReference) -> None:
+    """Refuse an unknown map reference, or one that needs the expert when there is none."""
+    if map_reference not in MAP_REFERENCES:
+        msg = f"map_reference must be one of {MAP_REFERENCES}, got {map_reference!r}."
+        raise ValueError(msg)
+    if map_reference != "teacher" and not use_expert:
+        msg = f"map_reference={map_reference!r} compares with the expert, which use_expert=False does not build."
+        raise ValueError(msg)
+
+
 class RDExpertModel(ReverseDistillationNetwork):
     """Expert-teacher-student network with Guided Information Injection.
 
@@ -74,6 +87,12 @@ class RDExpertModel(ReverseDistillationNetwork):
         gii_mode: ``"gated"`` (GII), ``"ungated"`` (skip connection without gate) or ``"off"``; ``None``
             chooses by ``use_expert`` (see :func:`resolve_gii_mode`, which also refuses skip connections
             without the expert).
+        map_reference: Features the student's reconstruction is compared with at inference: ``"teacher"``
+            (the paper), ``"expert"`` (the frozen pretrained encoder, which the student is also trained to
+            reproduce on normal images) or ``"both"`` (sum of the two maps). With ``"expert"`` or
+            ``"both"`` the expert is part of the inference graph. Needs ``use_expert=True``.
+        image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
+        top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
     """
 
     def __init__(
@@ -85,8 +104,12 @@ class RDExpertModel(ReverseDistillationNetwork):
         backbone_weights: str | Path | None = None,
         use_expert: bool = True,
         gii_mode: GIIMode | None = None,
+        map_reference: MapReference = "teacher",
+        image_score: ImageScore = "max",
+        top_k_share: float = 0.01,
     ) -> None:
         gii_mode = resolve_gii_mode(use_expert, gii_mode)
+        check_map_reference(use_expert, map_reference)
         super().__init__(
             backbone,
             layers,
@@ -94,7 +117,10 @@ class RDExpertModel(ReverseDistillationNetwork):
             pre_trained=pre_trained,
             backbone_weights=backbone_weights,
             trainable_teacher=use_expert,
+            image_score=image_score,
+            top_k_share=top_k_share,
         )
+        self.map_reference = map_reference
         self.expert: nn.Module | None = None
         if use_expert:
             self.expert = copy.deepcopy(self.teacher)
@@ -135,3 +161,20 @@ class RDExpertModel(ReverseDistillationNetwork):
             feature = stage(feature)
             outputs.append(feature)
         return outputs[::-1]
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], ...]:
+        """Teacher features, student reconstruction and, when evaluating against the expert, expert features."""
+        teacher_features, student_features = super().features(images)
+        if self.training or self.map_reference == "teacher":
+            return teacher_features, student_features
+        return teacher_features, student_features, self.expert_features(images)
+
+    def anomaly_map(self, features: tuple[list[torch.Tensor], ...]) -> torch.Tensor:
+        """Discrepancy of the student with the ``map_reference`` features (summed for ``"both"``)."""
+        teacher_features, student_features, *expert = features
+        if self.map_reference == "teacher":
+            return self.anomaly_map_generator(teacher_features, student_features)
+        expert_map = self.anomaly_map_generator(expert[0], student_features)
+        if self.map_reference == "expert":
+            return expert_map
+        return expert_map + self.anomaly_map_generator(teacher_features, student_features)

@@ -1,0 +1,95 @@
+"""The torch-model shell every detector of the package shares.
+
+A model of the package takes images in ``[0, 1]`` (its pre-processor only resizes; synthetic anomalies
+and augmentations are made on ``[0, 1]`` images) and returns its training features in training mode and
+anomalib's ``InferenceBatch`` in evaluation mode. What is the same for every model lives here, once:
+
+- ImageNet normalisation for the pretrained teacher (part of the exported graph);
+- anomalib's tiling: ``TilerConfigurationCallback`` sets ``tiler``; images are cut into tiles in
+  training and evaluation (:meth:`DistillationNetwork.tile`), and in evaluation the feature maps are put
+  back together before the anomaly map is computed, as anomalib's stock ReverseDistillation does;
+- the image score computed from the anomaly map (:func:`image_score_from_map`).
+
+A model writes only :meth:`DistillationNetwork.features` and :meth:`DistillationNetwork.anomaly_map`.
+"""
+
+from typing import Any, Literal
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.data.utils.tiler import Tiler
+from torch import nn
+
+from .normalization import ImageNetNormalization
+
+ImageScore = Literal["max", "top_k_mean"]
+IMAGE_SCORES = ("max", "top_k_mean")
+
+
+def image_score_from_map(
+    anomaly_map: torch.Tensor, mode: ImageScore = "max", top_k_share: float = 0.01
+) -> torch.Tensor:
+    """Image score of each map ``(B, 1, H, W)``: its maximum, or the mean of its ``top_k_share`` highest pixels.
+
+    The maximum is the papers' score; it rests on one pixel, so a single bright spot of texture decides
+    the label. The mean of the top 1% of pixels (655 pixels at 256x256) needs a region to be unusual.
+    """
+    flat = anomaly_map.flatten(1)
+    if mode == "max":
+        return flat.amax(dim=1)
+    k = max(1, round(top_k_share * flat.shape[1]))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+def map_features(function: Any, features: Any) -> Any:
+    """Apply ``function`` to every tensor of a nested list/tuple of feature maps, keeping the structure."""
+    if isinstance(features, torch.Tensor):
+        return function(features)
+    return type(features)(map_features(function, item) for item in features)
+
+
+class DistillationNetwork(nn.Module):
+    """Base of the package's torch models: normalisation, tiling and the ``InferenceBatch`` output.
+
+    Args:
+        image_score: Image score from the anomaly map: ``"max"`` (the papers') or ``"top_k_mean"``.
+        top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
+    """
+
+    def __init__(self, image_score: ImageScore = "max", top_k_share: float = 0.01) -> None:
+        super().__init__()
+        if image_score not in IMAGE_SCORES:
+            msg = f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}."
+            raise ValueError(msg)
+        if not 0 < top_k_share <= 1:
+            msg = f"top_k_share must be in (0, 1], got {top_k_share}."
+            raise ValueError(msg)
+        self.image_score = image_score
+        self.top_k_share = top_k_share
+        self.normalize = ImageNetNormalization()
+        self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
+
+    def tile(self, images: torch.Tensor) -> torch.Tensor:
+        """Tiles of ``images`` (batch-major) when a tiler is set, else ``images``."""
+        return images if self.tiler is None else self.tiler.tile(images)
+
+    def untile(self, features: Any) -> Any:
+        """Whole-image feature maps from per-tile ones (every tensor of a nested structure)."""
+        return features if self.tiler is None else map_features(self.tiler.untile, features)
+
+    def features(self, images: torch.Tensor) -> Any:
+        """Features of normalised images: the training output, and the input of :meth:`anomaly_map`."""
+        raise NotImplementedError
+
+    def anomaly_map(self, features: Any) -> torch.Tensor:
+        """Anomaly map ``(B, 1, H, W)`` at the input size from whole-image features."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> Any:
+        """Features of ``[0, 1]`` images in training; anomalib's ``InferenceBatch`` in evaluation."""
+        features = self.features(self.normalize(self.tile(images)))
+        if self.training:
+            return features
+        anomaly_map = self.anomaly_map(self.untile(features))
+        pred_score = image_score_from_map(anomaly_map, self.image_score, self.top_k_share)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

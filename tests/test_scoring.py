@@ -1,0 +1,60 @@
+"""Image scores from the map and RDExpert's map reference: switches with the papers' values as defaults."""
+
+import pytest
+import torch
+
+from anomalib_rdx import AugmentedRD, DualStudentKD, RDExpert
+from anomalib_rdx.components.network import image_score_from_map
+
+
+def test_max_and_top_k_mean_scores() -> None:
+    maps = torch.zeros(2, 1, 10, 10)
+    maps[0, 0, 0, 0] = 1.0  # one bright pixel
+    maps[1, 0, :2, :5] = 0.5  # a region of 10 pixels at half the brightness
+    assert image_score_from_map(maps, "max").tolist() == [1.0, 0.5]
+    # Top 10% of 100 pixels = 10 pixels: the region outranks the single pixel.
+    assert image_score_from_map(maps, "top_k_mean", 0.1).tolist() == pytest.approx([0.1, 0.5])
+
+
+@pytest.mark.parametrize("model_class", [RDExpert, AugmentedRD, DualStudentKD])
+def test_papers_score_is_the_default_and_top_k_is_a_switch(
+    model_class: type, lite0_teacher: dict, sample_images: torch.Tensor
+) -> None:
+    size = model_class.configure_pre_processor((64, 64))
+    paper = model_class(**lite0_teacher, pre_processor=size).eval()
+    top_k = model_class(**lite0_teacher, pre_processor=size, image_score="top_k_mean", top_k_share=0.05).eval()
+    top_k.model.load_state_dict(paper.model.state_dict())
+    with torch.no_grad():
+        paper_output, top_k_output = paper.model(sample_images), top_k.model(sample_images)
+    torch.testing.assert_close(paper_output.anomaly_map, top_k_output.anomaly_map)
+    torch.testing.assert_close(paper_output.pred_score, paper_output.anomaly_map.flatten(1).amax(1))
+    torch.testing.assert_close(
+        top_k_output.pred_score, image_score_from_map(top_k_output.anomaly_map, "top_k_mean", 0.05)
+    )
+    assert (top_k_output.pred_score < paper_output.pred_score).all()
+
+
+def test_map_reference_both_is_teacher_plus_expert_map(lite0_teacher: dict, sample_images: torch.Tensor) -> None:
+    size = RDExpert.configure_pre_processor((64, 64))
+    models = {reference: RDExpert(**lite0_teacher, pre_processor=size, map_reference=reference).eval()
+              for reference in ("teacher", "expert", "both")}  # fmt: skip
+    state = models["teacher"].model.state_dict()
+    # Make teacher and expert differ, as training does.
+    state = {key: value + 0.01 if key.startswith("teacher.") and value.is_floating_point() else value
+             for key, value in state.items()}  # fmt: skip
+    maps = {}
+    for reference, model in models.items():
+        model.model.load_state_dict(state)
+        with torch.no_grad():
+            maps[reference] = model.model(sample_images).anomaly_map
+    assert not torch.allclose(maps["teacher"], maps["expert"])
+    torch.testing.assert_close(maps["both"], maps["teacher"] + maps["expert"])
+    assert models["teacher"].TRAINING_ONLY_PREFIXES == ("model.expert.",)
+    assert models["both"].TRAINING_ONLY_PREFIXES == ()
+
+
+def test_map_reference_needs_the_expert(lite0_teacher: dict) -> None:
+    with pytest.raises(ValueError, match="map_reference='expert' compares with the expert"):
+        RDExpert(**lite0_teacher, use_expert=False, map_reference="expert")
+    with pytest.raises(ValueError, match="map_reference must be one of"):
+        RDExpert(**lite0_teacher, map_reference="student")
