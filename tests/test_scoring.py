@@ -58,3 +58,29 @@ def test_map_reference_needs_the_expert(lite0_teacher: dict) -> None:
         RDExpert(**lite0_teacher, use_expert=False, map_reference="expert")
     with pytest.raises(ValueError, match="map_reference must be one of"):
         RDExpert(**lite0_teacher, map_reference="student")
+
+
+@pytest.mark.parametrize("model_class", [RDExpert, AugmentedRD, DualStudentKD])
+def test_border_padding_keeps_the_map_size_and_changes_only_inference(
+    model_class: type, lite0_teacher: dict, sample_images: torch.Tensor
+) -> None:
+    size = model_class.configure_pre_processor((64, 64))
+    plain = model_class(**lite0_teacher, pre_processor=size)
+    padded = model_class(**lite0_teacher, pre_processor=size, border_padding=16)
+    padded.model.load_state_dict(plain.model.state_dict())
+    plain.model.train(), padded.model.train()
+    with torch.no_grad():  # training features: no padding
+        for plain_feature, padded_feature in zip(
+            plain.model(sample_images)[0], padded.model(sample_images)[0], strict=True
+        ):
+            torch.testing.assert_close(plain_feature, padded_feature)
+    plain.model.eval(), padded.model.eval()
+    with torch.no_grad():
+        plain_map, padded_map = plain.model(sample_images).anomaly_map, padded.model(sample_images).anomaly_map
+    assert padded_map.shape == plain_map.shape == (len(sample_images), 1, 64, 64)
+    assert not torch.allclose(plain_map, padded_map)
+
+
+def test_border_padding_that_breaks_the_strides_is_refused(lite0_teacher: dict) -> None:
+    with pytest.raises(ValueError, match="border_padding makes the image"):
+        AugmentedRD(**lite0_teacher, pre_processor=AugmentedRD.configure_pre_processor((64, 64)), border_padding=8)

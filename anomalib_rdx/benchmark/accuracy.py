@@ -145,15 +145,17 @@ def model_class(name: str) -> type[AnomalibModule]:
     return stock.get(name) or getattr(anomalib_rdx, name.split("-", maxsplit=1)[0])
 
 
-def load_benchmark_checkpoint(name: str, path: Path) -> AnomalibModule:
+def load_benchmark_checkpoint(name: str, path: Path, **overrides: object) -> AnomalibModule:
     """Load a checkpoint written by the benchmark (or by ``anomalib train``) for model ``name``, in eval mode.
 
     Benchmark checkpoints carry the benchmark's evaluator metrics, which a default model lacks: they are
     loaded leniently, then every network weight is checked to have come from the checkpoint.
+    ``overrides`` replace saved constructor arguments (e.g. ``map_reference="expert"``): a new model is
+    built with them, the trained model is not changed.
     """
     cls = model_class(name)
     saved = load_checkpoint(path, cls.checkpoint_safe_globals())["state_dict"]  # data only: refuses code
-    model = cls.load_from_checkpoint(path, map_location="cpu", strict=False).eval()
+    model = cls.load_from_checkpoint(path, map_location="cpu", strict=False, **overrides).eval()
     missing = [key for key in model.state_dict() if key.startswith("model.") and key not in saved]
     if missing:
         msg = f"{path} is not a {name} checkpoint of this architecture: it lacks {missing[:3]}."

@@ -76,6 +76,14 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return round(float(metric.compute()), 4)
 
 
+def _variant(value: str) -> dict[str, str]:
+    key, separator, setting = value.partition("=")
+    if not separator or not key:
+        msg = f"--variants expects KEY=VALUE, got {value!r}."
+        raise argparse.ArgumentTypeError(msg)
+    return {key: setting}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the study on one checkpoint and print a JSON summary."""
     defaults = BenchmarkConfig()
@@ -90,6 +98,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--category", default=defaults.category, help="category folder")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the benchmark run's seed (same split)")
     parser.add_argument("--val-split-ratio", type=float, default=defaults.val_split_ratio, help="as the benchmark")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        type=_variant,
+        help="constructor overrides to compare, each KEY=VALUE (e.g. map_reference=expert); one model each",
+    )
     args = parser.parse_args(argv)
     datamodule = MVTecAD(
         root=args.root,
@@ -100,23 +115,27 @@ def main(argv: list[str] | None = None) -> dict:
         val_split_ratio=args.val_split_ratio,
         seed=args.seed,
     )
-    model = load_benchmark_checkpoint(args.model, args.checkpoint)
-    outputs = ValidationOutputs()
-    engine = Engine(callbacks=[outputs], logger=False, default_root_dir="results/scoring_study", devices=1)
-    engine.validate(model, datamodule=datamodule, verbose=False)
-    maps, labels, masks = torch.cat(outputs.maps), torch.cat(outputs.labels), torch.cat(outputs.masks)
-    summary = {
-        "model": args.model,
-        "validation_images": len(labels),
-        "image_AUROC": {
-            ("max" if share is None else f"top{share:g}_mean"): auroc(image_score(maps, share), labels)
-            for share in (None, *TOP_K_SHARES)
-        },
-        "pixel_AUROC": auroc(maps[labels == 1].flatten(), masks[labels == 1].flatten()),
-        "normal_map_by_border_distance": border_profile(maps[labels == 0]),
-    }
-    print(json.dumps(summary, indent=2))
-    return summary
+    results = []
+    for overrides in [{}, *args.variants]:
+        model = load_benchmark_checkpoint(args.model, args.checkpoint, **overrides)
+        outputs = ValidationOutputs()
+        engine = Engine(callbacks=[outputs], logger=False, default_root_dir="results/scoring_study", devices=1)
+        engine.validate(model, datamodule=datamodule, verbose=False)
+        maps, labels, masks = torch.cat(outputs.maps), torch.cat(outputs.labels), torch.cat(outputs.masks)
+        summary = {
+            "model": args.model,
+            "overrides": overrides,
+            "validation_images": len(labels),
+            "image_AUROC": {
+                ("max" if share is None else f"top{share:g}_mean"): auroc(image_score(maps, share), labels)
+                for share in (None, *TOP_K_SHARES)
+            },
+            "pixel_AUROC": auroc(maps[labels == 1].flatten(), masks[labels == 1].flatten()),
+            "normal_map_by_border_distance": border_profile(maps[labels == 0]),
+        }
+        print(json.dumps(summary), flush=True)
+        results.append(summary)
+    return {"results": results}
 
 
 if __name__ == "__main__":

@@ -180,14 +180,26 @@ def build_student(backbone: str, pyramid: FeaturePyramid) -> tuple[nn.Module, St
     return bottleneck, PyramidDecoder(pyramid.channels, pyramid.reductions, bottleneck.embedding_channels)
 
 
-def check_input_size(input_size: Sequence[int], pyramid: FeaturePyramid, backbone: str) -> None:
+def check_input_size(
+    input_size: Sequence[int],
+    pyramid: FeaturePyramid,
+    backbone: str,
+    argument: str = "image size",
+) -> None:
     """Raise if ``input_size`` cannot pass through the teacher and the bottleneck without rounding.
 
     The bottleneck halves the deepest level once more, so both sides must be multiples of twice the
-    deepest stride.
+    deepest stride. ``argument`` names what set the size (the image size, or ``border_padding``).
     """
     stride = 2 * pyramid.total_stride
     if any(side < stride or side % stride for side in input_size):
+        if argument != "image size":
+            msg = (
+                f"{argument} makes the image {tuple(input_size)}, which does not fit backbone '{backbone}' with "
+                f"levels {list(pyramid.names)}: each side must be a multiple of {stride}; choose {argument} so "
+                f"that 2 * {argument} is a multiple of {stride}."
+            )
+            raise ValueError(msg)
         msg = (
             f"Image size {tuple(input_size)} does not fit backbone '{backbone}' with levels {list(pyramid.names)}: "
             f"each side must be a multiple of {stride} (twice the deepest stride). Set the pre-processor's resize, "

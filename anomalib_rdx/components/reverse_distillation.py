@@ -31,6 +31,7 @@ class ReverseDistillationNetwork(DistillationNetwork):
         trainable_teacher: Whether the teacher's parameters receive gradients.
         image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
+        border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -43,8 +44,9 @@ class ReverseDistillationNetwork(DistillationNetwork):
         trainable_teacher: bool = False,
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
+        border_padding: int = 0,
     ) -> None:
-        super().__init__(image_score=image_score, top_k_share=top_k_share)
+        super().__init__(input_size, image_score=image_score, top_k_share=top_k_share, border_padding=border_padding)
         self.teacher, self.pyramid = build_feature_extractor(
             backbone,
             layers,
@@ -53,8 +55,9 @@ class ReverseDistillationNetwork(DistillationNetwork):
             requires_grad=trainable_teacher,
         )
         check_input_size(input_size, self.pyramid, backbone)
+        check_input_size(self.map_size, self.pyramid, backbone, argument="border_padding")
         self.bottleneck, self.decoder = build_student(backbone, self.pyramid)
-        self.anomaly_map_generator = AnomalyMapGenerator(image_size=input_size, mode=AnomalyMapGenerationMode.ADD)
+        self.anomaly_map_generator = AnomalyMapGenerator(image_size=self.map_size, mode=AnomalyMapGenerationMode.ADD)
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Parameters of the student (bottleneck and decoder)."""

@@ -55,6 +55,8 @@ class AugmentedRD(DistillationModule):
         anomaly_source_path: Texture folder for the anomaly patches (Perlin noise when ``None``).
         image_score: Image score from the map: ``"max"`` (the paper) or ``"top_k_mean"``.
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
+        border_padding: Pixels mirrored around the image at inference, the map computed on the larger
+            image and cropped back (0, the papers': none). Counters the maps' fall-off at image borders.
         pre_processor: Pre-processor; must resize and must not normalise.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -77,6 +79,7 @@ class AugmentedRD(DistillationModule):
         anomaly_source_path: str | Path | None = None,
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
+        border_padding: int = 0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -100,6 +103,7 @@ class AugmentedRD(DistillationModule):
             backbone_weights=backbone_weights,
             image_score=image_score,
             top_k_share=top_k_share,
+            border_padding=border_padding,
         )
         self.augmenter = RestorationAugmenter(
             color_jitter_probability=color_jitter_probability,

@@ -54,6 +54,8 @@ class DualStudentKD(DistillationModule):
         betas: Adam betas. Defaults to ``(0.5, 0.999)``.
         image_score: Image score from the map: ``"max"`` (the paper) or ``"top_k_mean"``.
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
+        border_padding: Pixels mirrored around the image at inference, the map computed on the larger
+            image and cropped back (0, the papers': none). Counters the maps' fall-off at image borders.
         pre_processor: Pre-processor; must resize and must not normalise.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -74,6 +76,7 @@ class DualStudentKD(DistillationModule):
         betas: tuple[float, float] = (0.5, 0.999),
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
+        border_padding: int = 0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -101,6 +104,7 @@ class DualStudentKD(DistillationModule):
             student_combination=student_combination,
             image_score=image_score,
             top_k_share=top_k_share,
+            border_padding=border_padding,
         )
         self.loss = PyramidMatchingLoss()
 

@@ -48,6 +48,7 @@ class DualStudentKDModel(DistillationNetwork):
         student_combination: How the anomaly map combines the students.
         image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
+        border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -63,8 +64,9 @@ class DualStudentKDModel(DistillationNetwork):
         student_combination: StudentCombination = "mean",
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
+        border_padding: int = 0,
     ) -> None:
-        super().__init__(image_score=image_score, top_k_share=top_k_share)
+        super().__init__(input_size, image_score=image_score, top_k_share=top_k_share, border_padding=border_padding)
         if students not in {"both", "encoder", "decoder"}:
             msg = f"students must be 'both', 'encoder' or 'decoder', got {students!r}."
             raise ValueError(msg)
@@ -75,6 +77,7 @@ class DualStudentKDModel(DistillationNetwork):
             backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights
         )
         check_input_size(input_size, pyramid, backbone)
+        check_input_size(self.map_size, pyramid, backbone, argument="border_padding")
         self.use_encoder_student = students in {"both", "encoder"}
         self.use_decoder_student = students in {"both", "decoder"}
         # Sd alone has no Se to listen to: it embeds the teacher's features (reverse distillation).
@@ -91,7 +94,7 @@ class DualStudentKDModel(DistillationNetwork):
                 self.df_embedding = PyramidBottleneck(
                     pyramid.channels[-1:], pyramid.reductions[-1:], embedding_channels=embedding_channels
                 )
-        self.anomaly_map_generator = DualStudentAnomalyMap(input_size, scale_combination, student_combination)
+        self.anomaly_map_generator = DualStudentAnomalyMap(self.map_size, scale_combination, student_combination)
 
     @staticmethod
     def _embedding_channels(bottleneck: nn.Module, deepest_channels: int) -> int:

@@ -89,6 +89,8 @@ class RDExpert(DistillationModule):
             ``"expert"`` or ``"both"`` (see :class:`RDExpertModel`; the expert then joins the exported graph).
         image_score: Image score from the map: ``"max"`` (the paper) or ``"top_k_mean"``.
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
+        border_padding: Pixels mirrored around the image at inference, the map computed on the larger
+            image and cropped back (0, the papers': none). Counters the maps' fall-off at image borders.
         pre_processor: Pre-processor; must resize and must not normalise. ``True`` for the default.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -116,6 +118,7 @@ class RDExpert(DistillationModule):
         map_reference: MapReference = "teacher",
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
+        border_padding: int = 0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -146,6 +149,7 @@ class RDExpert(DistillationModule):
             map_reference=map_reference,
             image_score=image_score,
             top_k_share=top_k_share,
+            border_padding=border_padding,
         )
         self.loss = RDExpertLoss()
         self.anomaly_generator = PerlinAnomalyGenerator(

@@ -93,6 +93,7 @@ class RDExpertModel(ReverseDistillationNetwork):
             ``"both"`` the expert is part of the inference graph. Needs ``use_expert=True``.
         image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
+        border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class RDExpertModel(ReverseDistillationNetwork):
         map_reference: MapReference = "teacher",
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
+        border_padding: int = 0,
     ) -> None:
         gii_mode = resolve_gii_mode(use_expert, gii_mode)
         check_map_reference(use_expert, map_reference)
@@ -119,6 +121,7 @@ class RDExpertModel(ReverseDistillationNetwork):
             trainable_teacher=use_expert,
             image_score=image_score,
             top_k_share=top_k_share,
+            border_padding=border_padding,
         )
         self.map_reference = map_reference
         self.expert: nn.Module | None = None
