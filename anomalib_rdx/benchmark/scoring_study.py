@@ -13,6 +13,7 @@ prints
 """
 
 import argparse
+import ast
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.metrics import AUROC
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
 
 from .accuracy import BenchmarkConfig, load_benchmark_checkpoint
@@ -76,12 +77,15 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return round(float(metric.compute()), 4)
 
 
-def _variant(value: str) -> dict[str, str]:
+def _variant(value: str) -> dict[str, object]:
     key, separator, setting = value.partition("=")
     if not separator or not key:
         msg = f"--variants expects KEY=VALUE, got {value!r}."
         raise argparse.ArgumentTypeError(msg)
-    return {key: setting}
+    try:
+        return {key: ast.literal_eval(setting)}  # numbers, booleans, tuples
+    except (ValueError, SyntaxError):
+        return {key: setting}  # a plain string such as "expert"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="constructor overrides to compare, each KEY=VALUE (e.g. map_reference=expert); one model each",
     )
     args = parser.parse_args(argv)
+    seed_everything(args.seed)  # the synthetic anomalies are drawn when the split is made: same seed, same split
     datamodule = MVTecAD(
         root=args.root,
         category=args.category,
