@@ -27,13 +27,14 @@ Example:
 
 import argparse
 import csv
+import inspect
 import json
 import logging
 import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ class BenchmarkConfig(DataAndTeacher):
     max_minutes: float | None = None
     val_check_interval: int | None = None
     patchcore_coreset_ratio: float = PATCHCORE_CORESET_RATIO
+    inference_options: dict = field(default_factory=dict)
+    """Inference switches given to every package model (``border_padding``, ``image_score``, ...)."""
 
 
 def _teacher_kwargs(config: BenchmarkConfig) -> dict:
@@ -89,8 +92,11 @@ def _teacher_kwargs(config: BenchmarkConfig) -> dict:
 
 def _build(model_class: type[AnomalibModule], config: BenchmarkConfig, **overrides: object) -> AnomalibModule:
     size = (config.image_size, config.image_size)
+    accepted = inspect.signature(model_class).parameters
+    options = {key: value for key, value in config.inference_options.items() if key in accepted}
     return model_class(
         **_teacher_kwargs(config),
+        **options,
         **overrides,
         pre_processor=model_class.configure_pre_processor(size),
         evaluator=benchmark_evaluator(),
@@ -342,6 +348,16 @@ def write_results(rows: list[dict], config: dict, output: Path) -> None:
     _write_csv(summary, output / "summary.csv")
 
 
+def _inference_options(args: argparse.Namespace) -> dict:
+    """Collect the inference switches set away from the papers' values on the command line."""
+    options: dict = {}
+    if args.border_padding:
+        options["border_padding"] = args.border_padding
+    if args.image_score != "max":
+        options["image_score"] = args.image_score
+    return options
+
+
 def _data_folder(value: str) -> tuple[str, str]:
     folder = Path(value)
     if not folder.is_dir():
@@ -408,6 +424,18 @@ def main(argv: list[str] | None = None) -> None:
         help="share of patch features PatchCore keeps (greedy selection: its time grows with this share "
         "times the number of training patches)",
     )
+    parser.add_argument(
+        "--border-padding",
+        type=int,
+        default=0,
+        help="package models: pixels mirrored around the image at inference (0: the papers')",
+    )
+    parser.add_argument(
+        "--image-score",
+        choices=["max", "top_k_mean"],
+        default="max",
+        help="package RD-family models: image score from the map (max: the papers')",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="results folder")
     args = parser.parse_args(argv)
     root, category = args.data if args.data else (args.root, args.category)
@@ -429,6 +457,7 @@ def main(argv: list[str] | None = None) -> None:
             num_workers=args.num_workers,
             seed=seed,
             patchcore_coreset_ratio=args.patchcore_coreset_ratio,
+            inference_options=_inference_options(args),
         )
         rows.append(run_one(name, config, args.output))
         write_results(rows, asdict(config) | {"seeds": args.seeds, "models": args.models}, args.output)
