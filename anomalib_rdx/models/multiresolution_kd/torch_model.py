@@ -3,36 +3,62 @@
 Paper: "Multiresolution Knowledge Distillation for Anomaly Detection".
 
 A frozen pretrained **expert** and a smaller **cloner** trained from scratch on normal images to
-reproduce the expert's activations at several layers. The per-image discrepancy over those layers is
-the anomaly score; the forward discrepancy map (exportable) or gradient interpretability maps
-(PyTorch) localise it.
+reproduce the expert's activations at several layers. The per-image discrepancy over the scored layers
+is the anomaly score; the forward discrepancy map (exportable) or a gradient interpretability map
+(PyTorch only) localises it. In evaluation, :meth:`MultiResolutionKDModel.forward` computes both and
+returns anomalib's ``InferenceBatch``, so ``model(images)``, ``Engine.test`` and ``Engine.predict``
+give the same map.
+
+Defaults follow the authors' code (github.com/rohban-lab/Knowledge_Distillation_AD) for its setting,
+VGG16 at 128x128: layers after pooling, score over the last three layers, no input normalisation,
+the official gradient-map recipe.
 """
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from anomalib.data import InferenceBatch
 from anomalib.data.utils.tiler import Tiler
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 
 from anomalib_rdx.components import ImageNetNormalization, build_feature_extractor, check_input_size
 from anomalib_rdx.components.tiling import tile_images, untile_features
 
-from .anomaly_map import DiscrepancyMapGenerator, GradientMethod, gradient_map
+from .anomaly_map import GRADIENT_METHODS, GRADIENT_RECIPES, DiscrepancyMapGenerator, GradientRecipe, gradient_map
 from .cloner import Cloner
+from .layers import LayerPositions, default_layers, resolve_layer_positions
 from .loss import per_image_discrepancy
+
+Localization = Literal["forward", "gradient", "smoothgrad", "guided"]
+ScoreLayers = Literal["all", "last3"]
+LOCALIZATIONS = ("forward", *GRADIENT_METHODS)
+SCORE_LAYERS = ("all", "last3")
 
 
 class MultiResolutionKDModel(nn.Module):
-    """Expert and cloner.
+    """Expert and cloner of MKD, with the image score and anomaly map of evaluation.
 
     Args:
-        backbone: timm CNN expert.
-        layers: Compared layers, shallow to deep (names or ``features_only`` indices).
+        backbone: timm CNN expert. Defaults to ``vgg16``.
+        layers: Compared levels, shallow to deep (names or ``features_only`` indices). ``None``: the
+            levels compared at strides 4, 8, 16, 32 (see :mod:`.layers`; for VGG the paper's blocks 2-5).
         input_size: Image size ``(H, W)``.
         pre_trained: Download timm's pretrained expert weights when ``backbone_weights`` is not given.
         backbone_weights: Local weights file or installed weights package for the expert.
+        layer_positions: ``"post_pool"`` compares each level after a 2x2 max-pool (for VGG: the output of
+            the block's pooling layer, as the authors' code); ``"pre_pool"`` compares the levels as timm
+            returns them. ``None``: ``"post_pool"`` for VGG, ``"pre_pool"`` otherwise.
+        score_layers: Layers of the image score and of the map: ``"last3"`` (the authors' detection test;
+            all layers when fewer than three are compared) or ``"all"``. Training always uses all.
+        normalize_input: ImageNet-normalise the ``[0, 1]`` input before both networks. The authors' MVTec
+            loader does not (``False``).
+        localization: ``"forward"`` (discrepancy map, exportable) or a gradient map, ``"gradient"``,
+            ``"smoothgrad"`` or ``"guided"`` (PyTorch only).
+        gradient_recipe: ``"official"`` or ``"raw"`` (see :mod:`.anomaly_map`).
         width_divisor: Cloner width reduction (see :class:`Cloner`).
         convs_per_step: Cloner convolutions per halving of the resolution (see :class:`Cloner`).
         mse_weight: ``lambda`` of the MSE term in loss, score and forward map.
@@ -40,48 +66,90 @@ class MultiResolutionKDModel(nn.Module):
 
     def __init__(
         self,
-        backbone: str,
-        layers: Sequence[str | int],
-        input_size: tuple[int, int],
+        backbone: str = "vgg16",
+        layers: Sequence[str | int] | None = None,
+        input_size: tuple[int, int] = (128, 128),
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
+        layer_positions: LayerPositions | None = None,
+        score_layers: ScoreLayers = "last3",
+        normalize_input: bool = False,
+        localization: Localization = "forward",
+        gradient_recipe: GradientRecipe = "official",
         width_divisor: int = 2,
         convs_per_step: int = 2,
         mse_weight: float = 0.5,
     ) -> None:
         super().__init__()
-        self.normalize = ImageNetNormalization()
+        if score_layers not in SCORE_LAYERS:
+            msg = f"score_layers must be one of {SCORE_LAYERS}, got {score_layers!r}."
+            raise ValueError(msg)
+        if localization not in LOCALIZATIONS:
+            msg = f"localization must be one of {LOCALIZATIONS}, got {localization!r}."
+            raise ValueError(msg)
+        if gradient_recipe not in GRADIENT_RECIPES:
+            msg = f"gradient_recipe must be one of {GRADIENT_RECIPES}, got {gradient_recipe!r}."
+            raise ValueError(msg)
+        self.layer_positions = resolve_layer_positions(backbone, layer_positions)
+        self.layers = list(layers) if layers is not None else default_layers(backbone, self.layer_positions)
+        self.normalize = ImageNetNormalization() if normalize_input else nn.Identity()
         self.expert, pyramid = build_feature_extractor(
-            backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights
+            backbone, self.layers, pre_trained=pre_trained, backbone_weights=backbone_weights
         )
+        if self.layer_positions == "post_pool":
+            pyramid = replace(pyramid, reductions=tuple(2 * reduction for reduction in pyramid.reductions))
+        self.pyramid = pyramid
         check_input_size(input_size, pyramid, backbone)
         self.cloner = Cloner(pyramid, width_divisor=width_divisor, convs_per_step=convs_per_step)
         self.mse_weight = mse_weight
+        self.score_layers = score_layers
+        self.localization = localization
+        self.gradient_recipe = gradient_recipe
         self.anomaly_map_generator = DiscrepancyMapGenerator(input_size, mse_weight)
         self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
 
+    @property
+    def compared_strides(self) -> tuple[int, ...]:
+        """Strides of the compared feature maps relative to the input, shallow to deep."""
+        return self.pyramid.reductions
+
+    def _position(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Return the expert levels at the configured position (after the 2x2 max-pool for ``post_pool``)."""
+        if self.layer_positions == "post_pool":
+            return [F.max_pool2d(feature, kernel_size=2, stride=2) for feature in features]
+        return list(features)
+
+    def _scored(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Return the layers of the image score and the map."""
+        return list(features[-3:]) if self.score_layers == "last3" else list(features)
+
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Expert (no gradient) and cloner activations of ``[0, 1]`` images."""
+        """Expert (no gradient) and cloner activations of ``[0, 1]`` images at every compared layer."""
         normalized = self.normalize(images)
-        return list(self.expert(normalized).values()), self.cloner(normalized)
+        return self._position(self.expert(normalized).values()), self.cloner(normalized)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image discrepancy, differentiable with respect to ``images`` through both networks."""
         normalized = self.normalize(images)
-        expert = self.expert.feature_extractor(normalized)  # bypass the extractor's no_grad wrapper
-        return per_image_discrepancy(list(expert), self.cloner(normalized), self.mse_weight)
+        expert = self._position(self.expert.feature_extractor(normalized))  # bypass the extractor's no_grad
+        return per_image_discrepancy(self._scored(expert), self._scored(self.cloner(normalized)), self.mse_weight)
 
-    def gradient_map(self, images: torch.Tensor, method: GradientMethod = "gradient") -> torch.Tensor:
-        """Interpretability map ``(B, 1, H, W)`` of the discrepancy (see :func:`gradient_map`)."""
-        self.expert.feature_extractor.eval()
-        return gradient_map(self.score, images, method, networks=[self.expert, self.cloner])
+    def gradient_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Compute the configured gradient map ``(B, 1, H, W)`` (see :func:`.anomaly_map.gradient_map`)."""
+        guided = [self.cloner] if self.gradient_recipe == "official" else [self.expert, self.cloner]
+        return gradient_map(self.score, images, self.localization, guided, recipe=self.gradient_recipe)
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
-        """Activations in training; per-image discrepancy and forward discrepancy map in evaluation."""
-        tiler = None if self.training else getattr(self, "tiler", None)  # absent in pickles of older versions
-        expert, cloner = self.features(tile_images(tiler, images))
+        """Activations at every compared layer in training; score and configured map in evaluation."""
+        tiler = None if self.training else self.tiler
+        tiles = tile_images(tiler, images)
+        expert, cloner = self.features(tiles)
         if self.training:
             return expert, cloner
-        expert, cloner = untile_features(tiler, expert), untile_features(tiler, cloner)
+        expert, cloner = self._scored(untile_features(tiler, expert)), self._scored(untile_features(tiler, cloner))
         pred_score = per_image_discrepancy(expert, cloner, self.mse_weight)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=self.anomaly_map_generator(expert, cloner))
+        if self.localization == "forward":
+            anomaly_map = self.anomaly_map_generator(expert, cloner)
+        else:
+            (anomaly_map,) = untile_features(tiler, [self.gradient_map(tiles)])
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
