@@ -256,11 +256,16 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     datamodule.setup("test")
     extra = {}
     if isinstance(model, anomalib_rdx.MultiResolutionKD):
-        # The paper's gradient map: fit anomalib's normalisation to it on validation, then test.
-        model.localization = "gradient"
-        engine.validate(model=model, datamodule=datamodule, verbose=False)
-        (gradient_metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
-        model.localization = "forward"
+        # The paper's gradient map: a second model with the trained weights (the trained model stays as
+        # built); fit anomalib's normalisation to its maps on validation, then test.
+        gradient_model = anomalib_rdx.MultiResolutionKD(
+            **{**model.hparams, "localization": "gradient"},
+            pre_processor=anomalib_rdx.MultiResolutionKD.configure_pre_processor((config.image_size,) * 2),
+            evaluator=benchmark_evaluator(),
+        )
+        gradient_model.model.load_state_dict(model.model.state_dict())
+        engine.validate(model=gradient_model, datamodule=datamodule, verbose=False)
+        (gradient_metrics,) = engine.test(model=gradient_model, datamodule=datamodule, verbose=False)
         extra = {f"{metric}_gradient": float(gradient_metrics[metric]) for metric in ("pixel_AUROC", "pixel_AUPRO")}
     row = {
         "model": name,

@@ -32,7 +32,6 @@ from .checkpoint import (
     restore_random_states,
 )
 from .export import ExportError, blocking_operation, quantize_int8
-from .network import DistillationNetwork
 
 DEFAULT_IMAGE_SIZE = (256, 256)
 
@@ -139,16 +138,6 @@ class DistillationModule(AnomalibModule):
             # ddp``. Checked against Lightning 2.6 (``DDPStrategy._setup_model`` passes ``_ddp_kwargs`` to
             # ``DistributedDataParallel``); tests/test_private_hooks.py fails if that changes.
             strategy._ddp_kwargs["find_unused_parameters"] = True
-
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        """With anomalib's tiler set, train a torch model that does not tile itself on the batch's tiles.
-
-        A :class:`~anomalib_rdx.components.network.DistillationNetwork` tiles inside the model.
-        """
-        del batch_idx
-        tiler = getattr(self.model, "tiler", None)
-        if tiler is not None and not isinstance(self.model, DistillationNetwork):
-            batch.image = tiler.tile(batch.image)
 
     def prepare_data(self) -> None:
         """Check the datamodule's folders before any split is made or anything is written.

