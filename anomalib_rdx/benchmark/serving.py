@@ -15,9 +15,12 @@ the CPU (model name, bf16/AMX flags, cores). Without ``--model`` it first trains
 (efficientnet_lite0 teacher, ``--epochs`` on the bundled sample) with anomalib's ``Engine`` and exports
 it to an OpenVINO FP32 IR.
 
-``--precision`` also scores the folder's distinct images with the FP32 IR at OpenVINO's default
+``--precision`` also scores the distinct images of ``--images`` with the FP32 IR at OpenVINO's default
 precision (``bf16`` on CPUs with AVX512-BF16/AMX) and at ``f32`` and prints the largest map and score
-differences from PyTorch (with ``--model``, the maps are compared between the two hints only).
+differences, labels that differ, and the image AUROC of each when ``--images`` is an MVTec-layout test
+folder (``good`` and defect sub-folders); PyTorch is compared too unless ``--model`` is given.
+OpenVINO (2026.4) does not take ``INFERENCE_PRECISION_HINT`` from an IR's runtime info, so the
+default-hint figures are what a user of anomalib's ``OpenVINOInferencer`` without a config gets.
 
 Example:
     OMP_NUM_THREADS=1 python -m anomalib_rdx.benchmark.serving --count 500 --precision
@@ -203,7 +206,13 @@ def compare_precision(xml: Path, images: list[Path], workdir: Path, model: "Anom
             "labels_differing": sum((a[1] >= 0.5) != (b[1] >= 0.5) for a, b in pairs),
         }
 
-    figures = {"images": len(images), "default_precision_hint": default_hint}
+    figures: dict = {"images": len(images), "default_precision_hint": default_hint}
+    labels = [path.parent.name != "good" for path in images]  # MVTec layout: test/good, test/<defect>
+    if len(set(labels)) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        for name, pairs in outputs.items():
+            figures[f"image_AUROC_{name}"] = round(float(roc_auc_score(labels, [score for _, score in pairs])), 4)
     figures["default_vs_f32"] = difference("default", "f32")
     if model is not None:
         figures["default_vs_torch"] = difference("default", "torch")
