@@ -23,12 +23,14 @@ Example:
 """
 
 import argparse
+import contextlib
 import csv
 import os
 import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -221,6 +223,77 @@ class _OrderedWriter(threading.Thread):
         self.report.rows.append(row)
 
 
+class _RequestPool:
+    """OpenVINO's ``AsyncInferQueue`` whose failed requests become error rows instead of stopping the run.
+
+    A request that fails does not call its callback, and the queue raises its error at the next
+    ``start_async`` or ``wait_all``. Then every request still without a result is reported with that
+    error, a fresh queue replaces the old one, and the image being submitted is tried once more.
+    """
+
+    def __init__(self, inferencer: OpenVINOInferencer, requests: int, deliver: "Callable[[_Result], None]") -> None:
+        self._compiled = inferencer.model
+        self._input_name = inferencer.input_blob.any_name
+        self._requests = requests
+        self._deliver = deliver
+        self._in_flight: dict[int, _Result] = {}
+        self._queue = self._new_queue()
+
+    def _new_queue(self) -> "openvino.AsyncInferQueue":  # noqa: F821
+        import openvino as ov
+
+        pool = ov.AsyncInferQueue(self._compiled, self._requests)
+        pool.set_callback(self._on_done)
+        return pool
+
+    def _on_done(self, request: "openvino.InferRequest", result: _Result) -> None:  # noqa: F821
+        self._in_flight.pop(result.index, None)
+        try:
+            ports = self._compiled.outputs
+            result.outputs = {next(iter(port.names)): request.get_tensor(port).data.copy() for port in ports}
+        except Exception as error:  # reported as the file's row
+            result.error = f"inference failed: {error}"
+        self._deliver(result)
+
+    def _start(self, result: _Result) -> None:
+        self._in_flight[result.index] = result
+        try:
+            self._queue.start_async({self._input_name: result.image}, result)
+        except Exception:
+            self._in_flight.pop(result.index, None)
+            raise
+
+    def _fail_in_flight(self, error: Exception) -> None:
+        """Report the requests left without a result by ``error``; continue on a fresh queue."""
+        with contextlib.suppress(Exception):  # the same failure, being reported
+            self._queue.wait_all()
+        for index in sorted(self._in_flight):
+            result = self._in_flight.pop(index)
+            result.error = f"inference failed: {error}"
+            self._deliver(result)
+        self._queue = self._new_queue()
+
+    def submit(self, result: _Result) -> None:
+        """Start inference of ``result.image``; its result goes to ``deliver`` (a failure as an error row)."""
+        try:
+            self._start(result)
+        except Exception as error:  # an earlier request failed (or this one cannot start)
+            self._fail_in_flight(error)
+            try:
+                self._start(result)
+            except Exception as retry_error:
+                result.error = f"inference failed: {retry_error}"
+                self._deliver(result)
+                self._fail_in_flight(retry_error)
+
+    def finish(self) -> None:
+        """Wait for every request; report those that failed."""
+        try:
+            self._queue.wait_all()
+        except Exception as error:
+            self._fail_in_flight(error)
+
+
 def serve_folder(
     inferencer: OpenVINOInferencer,
     images: Path,
@@ -247,8 +320,6 @@ def serve_folder(
         FileNotFoundError: When ``images`` holds no image.
         ValueError: When an overlay would overwrite an input image, or ``scores.csv`` has other columns.
     """
-    import openvino as ov
-
     paths = list_images(images)
     if overlays:
         inputs = {path.resolve() for path in paths}
@@ -260,18 +331,7 @@ def serve_folder(
     report = ServingReport()
     scores = ScoresFile(output / "scores.csv")
     writer = _OrderedWriter(scores, overlays, report)
-    compiled = inferencer.model
-    pool = ov.AsyncInferQueue(compiled, requests)
-    input_name = inferencer.input_blob.any_name
-
-    def on_done(request: ov.InferRequest, result: _Result) -> None:
-        try:
-            result.outputs = {next(iter(port.names)): request.get_tensor(port).data.copy() for port in compiled.outputs}
-        except Exception as error:  # reported as the file's row
-            result.error = f"inference failed: {error}"
-        writer.results.put(result)
-
-    pool.set_callback(on_done)
+    pool = _RequestPool(inferencer, requests, writer.results.put)
     start = time.perf_counter()
     writer.start()
     try:
@@ -283,9 +343,9 @@ def serve_folder(
                 error_text = f"unreadable image: {type(error).__name__}: {error}"
                 writer.results.put(_Result(index, path, overlay, error=error_text))
                 continue
-            pool.start_async({input_name: image}, _Result(index, path, overlay, image=image))
+            pool.submit(_Result(index, path, overlay, image=image))
     finally:
-        pool.wait_all()  # every request's result reaches the writer before it is told to stop
+        pool.finish()  # every request's result reaches the writer before it is told to stop
         writer.results.put(None)
         writer.join()
         scores.close()
