@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from anomalib_rdx.benchmark.serving import synchronous_predict_folder, train_small_model
@@ -171,3 +172,32 @@ def test_command_runs_fp32_irs_at_f32_unless_the_ir_names_a_precision(exported_m
     named = tmp_path / "model.xml"
     ov.save_model(model, named, compress_to_fp16=False)
     assert throughput_inferencer(named).model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+
+
+def test_a_failed_request_is_reported_and_the_next_images_are_still_scored(
+    exported_model: Path, readable_images: list[Path]
+) -> None:
+    # No readable image makes this IR fail (it resizes inside; even a 1x1 image runs), so a request is made
+    # to fail with a 4-channel array: OpenVINO then re-raises that error at every later start of its queue.
+    from anomalib.data.utils import read_image
+    from anomalib.deploy import OpenVINOInferencer
+
+    from anomalib_rdx.inference import _RequestPool, _Result
+
+    inferencer = throughput_inferencer(exported_model)
+    images = [OpenVINOInferencer.pre_process(read_image(path)) for path in readable_images]
+    images.insert(3, np.concatenate([images[0], images[0][:, :1]], axis=1))  # (1, 4, H, W)
+    delivered: list = []
+    pool = _RequestPool(inferencer, 0, delivered.append)
+    for index, image in enumerate(images):
+        pool.submit(_Result(index, Path(f"{index}.png"), Path(f"out/{index}.png"), image=image))
+    pool.finish()
+
+    assert sorted(result.index for result in delivered) == list(range(len(images)))
+    failed = [result.index for result in delivered if result.error]
+    assert failed == [3]
+    reference = load_inferencer(exported_model)
+    for result in delivered:
+        if not result.error:
+            expected = reference.predict(images[result.index])
+            assert np.allclose(result.outputs["pred_score"], expected.pred_score, atol=SCORE_TOLERANCE)
