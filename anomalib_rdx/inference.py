@@ -183,10 +183,10 @@ class _Result:
 class _OrderedWriter(threading.Thread):
     """Draws overlays and appends rows in the folder's order, as results arrive in any order."""
 
-    def __init__(self, scores: ScoresFile, overlays: bool, report: ServingReport) -> None:
+    def __init__(self, scores: ScoresFile, overlays: bool, compression: int, report: ServingReport) -> None:
         super().__init__(name="anomalib-rdx-predict-writer", daemon=True)
         self.results: queue.Queue[_Result | None] = queue.Queue(maxsize=64)
-        self.scores, self.overlays, self.report = scores, overlays, report
+        self.scores, self.overlays, self.compression, self.report = scores, overlays, compression, report
         self.failure: BaseException | None = None
         self._waiting: dict[int, _Result] = {}
         self._next = 0
@@ -216,7 +216,7 @@ class _OrderedWriter(threading.Thread):
                 )
                 if overlay is not None:
                     result.overlay.parent.mkdir(parents=True, exist_ok=True)
-                    overlay.save(result.overlay, compress_level=OVERLAY_PNG_COMPRESSION)
+                    overlay.save(result.overlay, compress_level=self.compression)
         else:
             print(f"Could not score {result.path}: {result.error}", file=sys.stderr, flush=True)
         self.scores.append(row)
@@ -300,6 +300,7 @@ def serve_folder(
     output: Path,
     overlays: bool = True,
     requests: int = 0,
+    overlay_compression: int = OVERLAY_PNG_COMPRESSION,
 ) -> ServingReport:
     """Score every image of ``images`` asynchronously; write overlays and append rows to ``output/scores.csv``.
 
@@ -312,6 +313,7 @@ def serve_folder(
         output: Folder for the overlays and ``scores.csv``.
         overlays: Draw the heat-map overlays.
         requests: Requests in flight; ``0`` for the compiled model's optimal number.
+        overlay_compression: zlib level (0-9) of the overlay PNGs.
 
     Returns:
         The rows (one per file, in order; failed files carry their error) and the wall time.
@@ -330,7 +332,7 @@ def serve_folder(
     output.mkdir(parents=True, exist_ok=True)
     report = ServingReport()
     scores = ScoresFile(output / "scores.csv")
-    writer = _OrderedWriter(scores, overlays, report)
+    writer = _OrderedWriter(scores, overlays, overlay_compression, report)
     pool = _RequestPool(inferencer, requests, writer.results.put)
     start = time.perf_counter()
     writer.start()

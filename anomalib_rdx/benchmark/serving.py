@@ -40,7 +40,13 @@ from pathlib import Path
 import numpy as np
 
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
-from anomalib_rdx.inference import list_images, load_inferencer, serve_folder, throughput_inferencer
+from anomalib_rdx.inference import (
+    OVERLAY_PNG_COMPRESSION,
+    list_images,
+    load_inferencer,
+    serve_folder,
+    throughput_inferencer,
+)
 
 DEFAULT_IMAGES = SAMPLE_DATA_ROOT / "magnetic_tile" / "test"
 
@@ -146,7 +152,7 @@ def timed(function: callable, *args: object) -> tuple[object, float]:
     return result, time.perf_counter() - start
 
 
-def compare_throughput(xml: Path, folder: Path, workdir: Path) -> dict:
+def compare_throughput(xml: Path, folder: Path, workdir: Path, overlay_compression: int) -> dict:
     """Serve ``folder`` with both implementations (model loading excluded from the timing); their figures."""
     previous = Path.cwd()
     os.chdir(workdir)  # OpenVINOInferencer writes openvino_cache/ in the working directory
@@ -156,7 +162,7 @@ def compare_throughput(xml: Path, folder: Path, workdir: Path) -> dict:
         sync_rows, sync_seconds = timed(synchronous_predict_folder, reference, folder, workdir / "synchronous")
         inferencer = throughput_inferencer(xml)
         inferencer.predict(list_images(folder)[0])
-        report = serve_folder(inferencer, folder, workdir / "asynchronous")
+        report = serve_folder(inferencer, folder, workdir / "asynchronous", overlay_compression=overlay_compression)
     finally:
         os.chdir(previous)
     async_scores = {row["image"]: row["pred_score"] for row in report.rows}
@@ -169,6 +175,7 @@ def compare_throughput(xml: Path, folder: Path, workdir: Path) -> dict:
         "asynchronous_requests": int(inferencer.model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")),
         "max_score_difference": float(max(abs(row["pred_score"] - async_scores[row["image"]]) for row in sync_rows)),
         "failed": len(report.failed),
+        "asynchronous_overlay_png_compression": overlay_compression,
     }
 
 
@@ -228,6 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="exported model.xml (default: train a small one)")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of the small model")
     parser.add_argument("--precision", action="store_true", help="also compare OpenVINO's default precision")
+    parser.add_argument(
+        "--overlay-compression",
+        type=int,
+        default=OVERLAY_PNG_COMPRESSION,
+        help="zlib level of the new command's overlays (the synchronous reference writes Pillow's default, 6)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
     args = parser.parse_args(argv)
     if args.count < 1:
@@ -243,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = workdir / "folder"
         build_folder(args.images, folder, args.count)
         results = {"cpu": cpu_description(), "model": str(xml if args.model else "AugmentedRD (small, trained here)")}
-        results["throughput"] = compare_throughput(xml, folder, workdir)
+        results["throughput"] = compare_throughput(xml, folder, workdir, args.overlay_compression)
         if args.precision:
             results["precision"] = compare_precision(xml, list_images(args.images), workdir, model)
     print(json.dumps(results, indent=2))
