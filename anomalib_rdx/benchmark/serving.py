@@ -10,10 +10,13 @@ and ``scores.csv`` included:
 - ``asynchronous``: :func:`anomalib_rdx.inference.serve_folder` (``AsyncInferQueue``, throughput hint,
   rows appended, overlays drawn in a writer thread).
 
-It prints images per second of each, their ratio, the largest score difference between the two, and
-the CPU (model name, bf16/AMX flags, cores). Without ``--model`` it first trains a small AugmentedRD
-(efficientnet_lite0 teacher, ``--epochs`` on the bundled sample) with anomalib's ``Engine`` and exports
-it to an OpenVINO FP32 IR.
+It prints images per second of each, their ratio, the CPU time each spent per image (all threads of
+the process: on a machine whose cores are busy with other work there is no idle core for asynchrony to
+fill, and the wall-clock ratio approaches this work ratio), the load average, the largest score
+difference between the two, and the CPU (model name, bf16/AMX flags, cores).
+
+Without ``--model`` it first trains a small AugmentedRD (efficientnet_lite0 teacher, ``--epochs`` on
+the bundled sample) with anomalib's ``Engine`` and exports it to an OpenVINO FP32 IR.
 
 ``--precision`` also scores the distinct images of ``--images`` with the FP32 IR at OpenVINO's default
 precision (``bf16`` on CPUs with AVX512-BF16/AMX) and at ``f32`` and prints the largest map and score
@@ -35,6 +38,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +150,11 @@ def train_small_model(
     return model.eval(), Path(xml)
 
 
-def timed(function: callable, *args: object) -> tuple[object, float]:
-    """``function(*args)`` and its wall time in seconds."""
-    start = time.perf_counter()
+def timed(function: Callable, *args: object) -> tuple[object, float, float]:
+    """``function(*args)``, its wall time and the CPU time of this process (all threads), in seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = function(*args)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def compare_throughput(xml: Path, folder: Path, workdir: Path, overlay_compression: int) -> dict:
@@ -159,10 +164,14 @@ def compare_throughput(xml: Path, folder: Path, workdir: Path, overlay_compressi
     try:
         reference = load_inferencer(xml)
         reference.predict(list_images(folder)[0])  # first-inference costs out of the timing, for both
-        sync_rows, sync_seconds = timed(synchronous_predict_folder, reference, folder, workdir / "synchronous")
+        sync_rows, sync_seconds, sync_cpu = timed(
+            synchronous_predict_folder, reference, folder, workdir / "synchronous"
+        )
         inferencer = throughput_inferencer(xml)
         inferencer.predict(list_images(folder)[0])
-        report = serve_folder(inferencer, folder, workdir / "asynchronous", overlay_compression=overlay_compression)
+        report, _, async_cpu = timed(
+            partial(serve_folder, overlay_compression=overlay_compression), inferencer, folder, workdir / "asynchronous"
+        )
     finally:
         os.chdir(previous)
     async_scores = {row["image"]: row["pred_score"] for row in report.rows}
@@ -172,6 +181,9 @@ def compare_throughput(xml: Path, folder: Path, workdir: Path, overlay_compressi
         "synchronous_images_per_s": round(count / sync_seconds, 2),
         "asynchronous_images_per_s": round(len(report.rows) / report.seconds, 2),
         "ratio": round((len(report.rows) / report.seconds) / (count / sync_seconds), 3),
+        "synchronous_cpu_ms_per_image": round(1000 * sync_cpu / count, 1),
+        "asynchronous_cpu_ms_per_image": round(1000 * async_cpu / len(report.rows), 1),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
         "asynchronous_requests": int(inferencer.model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")),
         "max_score_difference": float(max(abs(row["pred_score"] - async_scores[row["image"]]) for row in sync_rows)),
         "failed": len(report.failed),
