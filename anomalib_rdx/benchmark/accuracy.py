@@ -52,7 +52,7 @@ from tqdm import tqdm
 import anomalib_rdx
 from anomalib_rdx.components.checkpoint import load_checkpoint
 
-from .measure import DataAndTeacher, inference_parameters, measure_latency
+from .measure import DataAndTeacher, inference_parameters, measure_latency, save_model_checkpoint
 from .per_type import PER_TYPE_METRICS, LearningCurve, PerDefectTypeMetrics
 from .stock import PATCHCORE_CORESET_RATIO, ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
 
@@ -79,6 +79,8 @@ class BenchmarkConfig(DataAndTeacher):
     patchcore_coreset_ratio: float = PATCHCORE_CORESET_RATIO
     inference_options: dict = field(default_factory=dict)
     """Inference switches given to every package model (``border_padding``, ``image_score``, ...)."""
+    trained_checkpoint: str | None = None
+    """Evaluate this checkpoint (with ``inference_options`` as overrides) instead of training."""
 
 
 def _teacher_kwargs(config: BenchmarkConfig) -> dict:
@@ -220,7 +222,12 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         seed=config.seed,
     )
     try:
-        model = MODELS[name](config)
+        if config.trained_checkpoint:
+            model = load_benchmark_checkpoint(
+                name, Path(config.trained_checkpoint), evaluator=benchmark_evaluator(), **config.inference_options
+            )
+        else:
+            model = MODELS[name](config)
     except ModelSkipped as skipped:
         logger.warning("%s skipped: %s", name, skipped)
         return {"model": name, "seed": config.seed, "status": "skipped", "reason": str(skipped)}
@@ -245,14 +252,20 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         devices=1,
     )
     start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
+    if config.trained_checkpoint:  # inference switches change the maps: refit thresholds on validation
+        engine.validate(model=model, datamodule=datamodule, verbose=False)
+    else:
+        engine.fit(model=model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
     test_seconds = time.perf_counter() - start
     recorder.write(folder / "test_scores.csv")
     _write_csv(learning_curve.rows, folder / "learning_curve.csv")
-    checkpoint = next(folder.rglob("*.ckpt"))
+    if config.trained_checkpoint:  # the evaluated model, switches included (its latency is measured)
+        checkpoint = save_model_checkpoint(model, folder / "evaluated.ckpt")
+    else:
+        checkpoint = next(folder.rglob("*.ckpt"))
     datamodule.setup("test")
     extra = {}
     if isinstance(model, anomalib_rdx.MultiResolutionKD):
@@ -360,6 +373,8 @@ def _inference_options(args: argparse.Namespace) -> dict:
         options["border_padding"] = args.border_padding
     if args.image_score != "max":
         options["image_score"] = args.image_score
+    if args.map_reference != "teacher":
+        options["map_reference"] = args.map_reference
     return options
 
 
@@ -441,6 +456,18 @@ def main(argv: list[str] | None = None) -> None:
         default="max",
         help="package RD-family models: image score from the map (max: the papers')",
     )
+    parser.add_argument(
+        "--map-reference",
+        choices=["teacher", "expert", "both"],
+        default="teacher",
+        help="RDExpert: features the student is compared with at inference (teacher: the paper's)",
+    )
+    parser.add_argument(
+        "--trained-checkpoint",
+        default=None,
+        help="evaluate this checkpoint of the one --models entry (no training), with the inference switches "
+        "above as overrides; thresholds are refitted on the validation split",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="results folder")
     args = parser.parse_args(argv)
     root, category = args.data if args.data else (args.root, args.category)
@@ -463,6 +490,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=seed,
             patchcore_coreset_ratio=args.patchcore_coreset_ratio,
             inference_options=_inference_options(args),
+            trained_checkpoint=args.trained_checkpoint,
         )
         rows.append(run_one(name, config, args.output))
         write_results(rows, asdict(config) | {"seeds": args.seeds, "models": args.models}, args.output)
