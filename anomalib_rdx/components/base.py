@@ -31,6 +31,7 @@ from .checkpoint import (
     restore_random_states,
 )
 from .export import ExportError, blocking_operation, quantize_int8
+from .precision import default_training_precision, full_precision, precision_requested_by_user
 
 DEFAULT_IMAGE_SIZE = (256, 256)
 
@@ -160,15 +161,25 @@ class DistillationModule(AnomalibModule):
             raise ValueError(msg)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Store anomaly maps and scores of a validation batch."""
+        """Store anomaly maps and scores of a validation batch, computed in FP32 under any training precision."""
         del args, kwargs
-        predictions = self.model(batch.image)
+        with full_precision(batch.image):
+            predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping (manual optimisation forbids it) and no sanity validation."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+        """No gradient clipping (manual optimisation forbids it), no sanity validation, default precision.
+
+        The precision is bf16 mixed precision on CPUs with AMX and FP32 elsewhere
+        (:mod:`anomalib_rdx.components.precision`); it is left out when the user chose one, so
+        ``Engine(precision=32)`` and ``--trainer.precision 32`` win over the model's default.
+        """
+        arguments: dict[str, Any] = {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+        default_precision = default_training_precision()
+        if default_precision is not None and precision_requested_by_user() is None:
+            arguments["precision"] = default_precision
+        return arguments
 
     @property
     def learning_type(self) -> LearningType:
