@@ -3,9 +3,10 @@
 **Precision.** The models train in bfloat16 mixed precision (Lightning's ``"bf16-mixed"``) by default
 only where the CPU has AMX tiles (Intel Sapphire Rapids and later), which run bf16 matrix products at
 several times the FP32 rate. Elsewhere the default stays FP32: on a CPU with AVX512-BF16 but no AMX,
-bf16 convolutions take longer than FP32 ones (measured: one RDExpert training step 0.85x the FP32
-speed; ``python -m anomalib_rdx.benchmark.training_speed`` measures it on any machine). The default
-reaches the Trainer through the models' ``trainer_arguments``, but a precision the user gives
+bf16 convolutions take longer than FP32 ones (measured on such a Xeon: an RDExpert training step at
+0.78x to 0.87x the FP32 speed, though with 31% less peak memory; ``python -m
+anomalib_rdx.benchmark.training_speed --variants default fp32 bf16-mixed`` measures it on any
+machine). The default reaches the Trainer through the models' ``trainer_arguments``, but a precision the user gives
 anomalib's Engine (``Engine(precision=32)``, ``--trainer.precision 32`` or the config's
 ``trainer.precision``) always wins.
 
@@ -35,8 +36,12 @@ def cpu_has_amx() -> bool:
 
 
 def default_training_precision() -> str | None:
-    """``"bf16-mixed"`` on a CPU with AMX, else ``None`` (Lightning's FP32 default)."""
-    return MIXED_PRECISION if cpu_has_amx() else None
+    """``"bf16-mixed"`` for CPU training on a CPU with AMX, else ``None`` (Lightning's FP32 default).
+
+    With a CUDA device visible, Lightning's ``accelerator="auto"`` trains on it, where the CPU's AMX
+    says nothing, so the default stays FP32 there.
+    """
+    return MIXED_PRECISION if cpu_has_amx() and not torch.cuda.is_available() else None
 
 
 def precision_requested_by_user() -> Any:
