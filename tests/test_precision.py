@@ -43,13 +43,14 @@ def _fit(model: torch.nn.Module, output: Path, steps: int = 1, **engine_argument
 
 @pytest.fixture
 def amx_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Report AMX tiles, whatever this CPU has: the models then default to bf16 mixed precision."""
+    """Report AMX tiles and no CUDA device, whatever this machine has: the models then default to bf16."""
     monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 def test_default_precision_follows_the_cpu(lite0_teacher: dict, tmp_path: Path) -> None:
     engine = _fit(_model("MultiResolutionKD", lite0_teacher), tmp_path)
-    assert engine.trainer.precision == ("bf16-mixed" if cpu_has_amx() else "32-true")
+    assert engine.trainer.precision == ("bf16-mixed" if cpu_has_amx() and not torch.cuda.is_available() else "32-true")
 
 
 @pytest.mark.usefixtures("amx_cpu")
