@@ -122,3 +122,27 @@ def test_summary_has_mean_and_std_over_seeds(benchmark_output: Path) -> None:
     with (benchmark_output / "results.csv").open() as file:
         header = next(csv.reader(file))
     assert {"model", "seed", "status", *METRICS, *COST_COLUMNS} <= set(header)
+
+
+def test_trained_checkpoint_is_evaluated_without_training(benchmark_output: Path, lite0_weights: Path) -> None:
+    """Re-evaluating a run's checkpoint reproduces its test metrics; an inference switch changes them."""
+    rows = json.loads((benchmark_output / "results.json").read_text())["results"]
+    trained = next(row for row in rows if row["model"] == "AugmentedRD-plain" and row["seed"] == 0)
+    checkpoint = benchmark_output / trained["checkpoint"]
+    root = benchmark_output.parent
+    common = [
+        "--data", str(root / "magnetic_tile"), "--models", "AugmentedRD-plain",
+        "--backbone-weights", str(lite0_weights), "--image-size", "64", "--num-workers", "0",
+        "--trained-checkpoint", str(checkpoint),
+    ]  # fmt: skip
+    main([*common, "--output", str(root / "again")])
+    main([*common, "--border-padding", "16", "--output", str(root / "padded")])
+    (again,) = json.loads((root / "again" / "results.json").read_text())["results"]
+    (padded,) = json.loads((root / "padded" / "results.json").read_text())["results"]
+    assert again["train_steps"] == padded["train_steps"] == 0
+    for metric in ("image_AUROC", "pixel_AUROC", "blowhole_image_AUROC"):
+        assert again[metric] == pytest.approx(trained[metric], abs=1e-6), metric
+    assert padded["pixel_AUROC"] != pytest.approx(trained["pixel_AUROC"], abs=1e-6)
+    assert json.loads((root / "padded" / "results.json").read_text())["config"]["inference_options"] == {
+        "border_padding": 16
+    }

@@ -32,6 +32,7 @@ from .checkpoint import (
     restore_random_states,
 )
 from .export import ExportError, blocking_operation, quantize_int8
+from .precision import full_precision
 
 DEFAULT_IMAGE_SIZE = (256, 256)
 
@@ -166,9 +167,10 @@ class DistillationModule(AnomalibModule):
             raise ValueError(msg)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Store anomaly maps and scores of a validation batch."""
+        """Store anomaly maps and scores of a validation batch, computed in FP32 under any training precision."""
         del args, kwargs
-        predictions = self.model(batch.image)
+        with full_precision(batch.image):
+            predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
 
     @property

@@ -11,7 +11,16 @@ import torch
 from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
 from torch.nn import functional as F  # noqa: N812
 
-flat_cosine_distance = ReverseDistillationLoss()
+_reverse_distillation_loss = ReverseDistillationLoss()
+
+
+def flat_cosine_distance(first: Sequence[torch.Tensor], second: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Compute anomalib's ``ReverseDistillationLoss`` on contiguous copies of channels-last maps.
+
+    anomalib flattens the maps with ``view``, which channels-last maps (see ``channels_last`` in
+    :mod:`anomalib_rdx.components.precision`) do not allow; contiguous maps pass through unchanged.
+    """
+    return _reverse_distillation_loss([f.contiguous() for f in first], [s.contiguous() for s in second])
 
 
 def pixel_cosine_distance_maps(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch import optim
 from anomalib_rdx.components import DistillationModule
 from anomalib_rdx.components.backbone import resolve_layers
 from anomalib_rdx.components.network import ImageScore
+from anomalib_rdx.components.precision import channels_last
 
 from .anomaly_map import ScaleCombination, StudentCombination
 from .loss import PyramidMatchingLoss
@@ -113,8 +114,8 @@ class DualStudentKD(DistillationModule):
         return optim.Adam(self.model.trainable_parameters(), lr=self.lr, betas=self.betas)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Distil the teacher's pyramid into both students."""
+        """Distil the teacher's pyramid into both students (channels-last images: faster on a CPU)."""
         del args, kwargs
-        loss = self.loss(*self.model(batch.image))
+        loss = self.loss(*self.model(channels_last(batch.image)))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}

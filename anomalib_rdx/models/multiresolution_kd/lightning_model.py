@@ -39,6 +39,7 @@ from torch import optim
 
 from anomalib_rdx.components import DistillationModule
 from anomalib_rdx.components.export import ExportError
+from anomalib_rdx.components.precision import channels_last
 
 from .anomaly_map import GradientRecipe
 from .layers import LayerPositions
@@ -142,9 +143,9 @@ class MultiResolutionKD(DistillationModule):
         return optim.Adam(self.model.cloner.parameters(), lr=self.lr)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Distil the expert's activations into the cloner at every compared layer."""
+        """Distil the expert's activations into the cloner (channels-last images: faster on a CPU)."""
         del args, kwargs
-        loss = self.loss(*self.model(batch.image))
+        loss = self.loss(*self.model(channels_last(batch.image)))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}
 
