@@ -53,6 +53,12 @@ def test_map_reference_both_is_teacher_plus_expert_map(lite0_teacher: dict, samp
     assert models["both"].TRAINING_ONLY_PREFIXES == ()
 
 
+def test_map_reference_default_follows_the_expert(lite0_teacher: dict) -> None:
+    assert RDExpert(**lite0_teacher).model.map_reference == "both"
+    assert RDExpert(**lite0_teacher, use_expert=False).model.map_reference == "teacher"
+    assert RDExpert(**lite0_teacher).hparams["map_reference"] == "both"  # the checkpoint records the choice
+
+
 def test_map_reference_needs_the_expert(lite0_teacher: dict) -> None:
     with pytest.raises(ValueError, match="map_reference='expert' compares with the expert"):
         RDExpert(**lite0_teacher, use_expert=False, map_reference="expert")

@@ -373,7 +373,7 @@ def _inference_options(args: argparse.Namespace) -> dict:
         options["border_padding"] = args.border_padding
     if args.image_score != "max":
         options["image_score"] = args.image_score
-    if args.map_reference != "teacher":
+    if args.map_reference is not None:
         options["map_reference"] = args.map_reference
     return options
 
@@ -459,8 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--map-reference",
         choices=["teacher", "expert", "both"],
-        default="teacher",
-        help="RDExpert: features the student is compared with at inference (teacher: the paper's)",
+        default=None,
+        help="RDExpert: features the student is compared with at inference (teacher: the paper's; default: "
+        "the model's, both)",
     )
     parser.add_argument(
         "--trained-checkpoint",

@@ -41,7 +41,7 @@ from anomalib_rdx.components.network import ImageScore
 from anomalib_rdx.components.precision import channels_last
 
 from .loss import RDExpertLoss
-from .torch_model import GIIMode, MapReference, RDExpertModel, resolve_gii_mode
+from .torch_model import GIIMode, MapReference, RDExpertModel, resolve_gii_mode, resolve_map_reference
 
 PAPER_LAYERS = {"wide_resnet50_2": ("layer1", "layer2", "layer3")}
 
@@ -65,6 +65,11 @@ class RDExpert(DistillationModule):
     student learns from normal images only, and teacher detail injected into its decoder lets it learn to
     copy the teacher, anomalies included.
 
+    One departure from the paper by default, chosen on the synthetic validation split: at inference the
+    student is compared with the teacher *and* the frozen expert (``map_reference="both"``, the sum of
+    the two maps; the student is trained to reproduce both on normal images). The paper compares with
+    the teacher only: ``map_reference="teacher"`` (then the expert is training-only and not exported).
+
     Args:
         backbone: timm CNN for expert and teacher. Defaults to the paper's ``wide_resnet50_2``.
         layers: Teacher levels, shallow to deep, as module names or ``features_only`` indices.
@@ -87,7 +92,8 @@ class RDExpert(DistillationModule):
             Perlin noise textures when ``None``.
         anomaly_probability: Probability that a training image gets a synthetic anomaly.
         map_reference: Features the student is compared with at inference: ``"teacher"`` (the paper),
-            ``"expert"`` or ``"both"`` (see :class:`RDExpertModel`; the expert then joins the exported graph).
+            ``"expert"`` or ``"both"`` (the expert then joins the exported graph). ``None`` (default):
+            ``"both"`` with the expert, ``"teacher"`` without (see ``resolve_map_reference``).
         image_score: Image score from the map: ``"max"`` (the paper) or ``"top_k_mean"``.
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference, the map computed on the larger
@@ -116,7 +122,7 @@ class RDExpert(DistillationModule):
         betas: tuple[float, float] = (0.5, 0.999),
         anomaly_source_path: str | Path | None = None,
         anomaly_probability: float = 1.0,
-        map_reference: MapReference = "teacher",
+        map_reference: MapReference | None = None,
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
@@ -128,6 +134,7 @@ class RDExpert(DistillationModule):
         # Resolved before anomalib saves the hyperparameters, so the checkpoint records what is used.
         layers = resolve_layers(backbone, layers, PAPER_LAYERS)
         gii_mode = resolve_gii_mode(use_expert, gii_mode)
+        map_reference = resolve_map_reference(use_expert, map_reference)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,

