@@ -31,6 +31,7 @@ from .checkpoint import (
     restore_random_states,
 )
 from .export import ExportError, blocking_operation, quantize_int8
+from .post_processing import NormalQuantilePostProcessor
 
 DEFAULT_IMAGE_SIZE = (256, 256)
 
@@ -63,6 +64,16 @@ class DistillationModule(AnomalibModule):
         """
         transform = Compose([Resize(image_size or DEFAULT_IMAGE_SIZE, antialias=True)])
         return PreProcessor(transform=transform)
+
+    @classmethod
+    def configure_post_processor(cls) -> NormalQuantilePostProcessor:
+        """Decisions from held-out normal images: reject at most 2% of good parts, scores as normal quantiles.
+
+        See :class:`~anomalib_rdx.components.post_processing.NormalQuantilePostProcessor`; pass
+        ``post_processor=NormalQuantilePostProcessor(threshold="f1_adaptive")`` (CLI:
+        ``--model.post_processor.init_args.threshold f1_adaptive``) for anomalib's F1-adaptive rule.
+        """
+        return NormalQuantilePostProcessor()
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> "DistillationModule":
