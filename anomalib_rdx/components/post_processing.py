@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 ThresholdRule = Literal["false_reject_rate", "f1_adaptive"]
 THRESHOLD_RULES = ("false_reject_rate", "f1_adaptive")
 _MIN_GAP = 1e-12
+_KNOTS_PER_CHUNK = 16
 
 
 class NoNormalValidationImagesError(ValueError):
@@ -95,9 +96,12 @@ def quantile_transform(values: torch.Tensor, knots: torch.Tensor) -> torch.Tenso
     gaps = (knots[1:] - knots[:-1]).clamp_min(_MIN_GAP)
     lower = step * torch.exp(((values - knots[1]) / gaps[0]).clamp(max=0.0))
     upper = step * (1.0 - torch.exp(-((values - knots[-2]) / gaps[-1]).clamp(min=0.0)))
+    # Interior segments, a few knots at a time: a small graph without a (values x knots) tensor in memory.
     middle = torch.zeros_like(values)
-    for index in range(1, count - 2):
-        middle = middle + ((values - knots[index]) / gaps[index]).clamp(0.0, 1.0)
+    expanded = values.unsqueeze(-1)
+    for start in range(1, count - 2, _KNOTS_PER_CHUNK):
+        stop = min(start + _KNOTS_PER_CHUNK, count - 2)
+        middle = middle + ((expanded - knots[start:stop]) / gaps[start:stop]).clamp(0.0, 1.0).sum(dim=-1)
     quantiles = lower + step * middle + upper
     return torch.where(torch.isnan(knots[0]), values, quantiles)
 
