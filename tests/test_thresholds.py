@@ -152,7 +152,7 @@ def test_test_labels_follow_the_stored_thresholds(trained: dict) -> None:
 @requires_shared_data
 def test_exported_openvino_model_gives_the_labels_of_pytorch(trained: dict, tmp_path: Path) -> None:
     model = trained["model"]
-    xml = trained["engine"].export(model, ExportType.OPENVINO, export_root=tmp_path, input_size=(IMAGE_SIZE,) * 2)
+    xml = trained["engine"].export(model, ExportType.OPENVINO, export_root=tmp_path)
     inferencer = openvino_inferencer(xml, tmp_path)
     images = sorted((Path(trained["datamodule"].root) / "magnetic_tile" / "test").rglob("*.png"))
     assert len(images) == 120
