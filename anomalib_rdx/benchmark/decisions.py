@@ -15,13 +15,22 @@ predicted label; per pixel: counts at the shipped mask and two histograms), :fun
 :func:`pixel_decisions` turn them into figures.
 """
 
+import argparse
+import copy
+import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+
+from anomalib_rdx.components.post_processing import NormalQuantilePostProcessor
 
 
 def pixel_threshold_grid() -> torch.Tensor:
@@ -225,3 +234,152 @@ class DecisionRecorder(Callback):
         if self.pixels.defect_pixels:
             figures |= pixel_decisions(self.pixels)
         return figures
+
+
+class RawOutputRecorder(Callback):
+    """Keep the raw (not post-processed) outputs of validation and test batches, on the CPU."""
+
+    FIELDS = ("image_path", "gt_label", "gt_mask", "pred_score", "anomaly_map")
+
+    def __init__(self) -> None:
+        self.validation: list[SimpleNamespace] = []
+        self.test: list[SimpleNamespace] = []
+
+    @classmethod
+    def _keep(cls, outputs: Any) -> SimpleNamespace:
+        kept = {name: getattr(outputs, name, None) for name in cls.FIELDS}
+        kept = {name: value.detach().cpu() if torch.is_tensor(value) else value for name, value in kept.items()}
+        return SimpleNamespace(**kept, pred_label=None, pred_mask=None)
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        """Keep a validation batch."""
+        del trainer, pl_module, args
+        self.validation.append(self._keep(outputs))
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        """Keep a test batch."""
+        del trainer, pl_module, args
+        self.test.append(self._keep(outputs))
+
+
+def decide_with(
+    post_processor: PostProcessor,
+    validation: list[SimpleNamespace],
+    test: list[SimpleNamespace],
+) -> dict[str, float]:
+    """Calibrate ``post_processor`` on recorded raw validation batches, apply it to test batches, score it."""
+    post_processor.on_validation_epoch_start(None, None)
+    for batch in validation:
+        post_processor.on_validation_batch_end(None, None, batch)
+    post_processor.on_validation_epoch_end(None, None)
+    rows: list[dict] = []
+    pixels = PixelCounts()
+    for raw in test:
+        batch = copy.copy(raw)
+        post_processor.post_process_batch(batch)
+        for path, label, score, flag in zip(
+            batch.image_path, batch.gt_label, batch.pred_score, batch.pred_label, strict=True
+        ):
+            rows.append(
+                {"image_path": path, "gt_label": int(label), "pred_score": float(score), "pred_label": int(flag)}
+            )
+        if batch.gt_mask is not None:
+            pixels.update(batch.anomaly_map, batch.gt_mask, batch.pred_mask)
+    figures = image_decisions(rows)
+    if pixels.defect_pixels:
+        figures |= pixel_decisions(pixels)
+    return figures
+
+
+def compare_threshold_rules(name: str, config: Any, rates: list[float], output: Path) -> list[dict]:
+    """Train ``name`` once under the benchmark protocol, then score each threshold rule on the test split.
+
+    Rules: the false-reject-rate rule at each of ``rates`` and the F1-adaptive rule on the synthetic
+    validation anomalies, all calibrated on the validation split only; the all-defective rule and the
+    test-split oracle come with every row for reference.
+    """
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from .accuracy import MODELS
+
+    seed_everything(config.seed, workers=True)
+    datamodule = MVTecAD(
+        root=config.root,
+        category=config.category,
+        train_batch_size=config.train_batch_size,
+        eval_batch_size=config.eval_batch_size,
+        num_workers=config.num_workers,
+        val_split_mode="synthetic",
+        val_split_ratio=config.val_split_ratio,
+        seed=config.seed,
+    )
+    model = MODELS[name](config)
+    model.post_processor = None  # record raw outputs; each rule is applied afterwards
+    model.evaluator = None
+    recorder = RawOutputRecorder()
+    engine = Engine(
+        callbacks=[recorder],
+        max_epochs=config.epochs,
+        max_steps=config.max_steps,
+        default_root_dir=output / name,
+        logger=False,
+        enable_progress_bar=False,
+        accelerator="auto",
+        devices=1,
+    )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    recorder.validation = []  # the last epoch's validation only
+    engine.validate(model=model, datamodule=datamodule, verbose=False)
+    engine.test(model=model, datamodule=datamodule, verbose=False)
+    rules: list[tuple[str, PostProcessor]] = [
+        (f"false_reject_rate={rate}", NormalQuantilePostProcessor(false_reject_rate=rate)) for rate in rates
+    ]
+    rules.append(("f1_adaptive", NormalQuantilePostProcessor(threshold="f1_adaptive")))
+    rows = []
+    for rule, post_processor in rules:
+        figures = decide_with(post_processor, recorder.validation, recorder.test)
+        rows.append({"model": name, "rule": rule, **figures, "train_seconds": round(train_seconds, 1)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m anomalib_rdx.benchmark.decisions``: threshold rules of one model on one dataset."""
+    from .accuracy import MODELS, BenchmarkConfig
+
+    defaults = BenchmarkConfig()
+    parser = argparse.ArgumentParser(description=compare_threshold_rules.__doc__.split("\n")[0])
+    parser.add_argument("--model", default="AugmentedRD", choices=list(MODELS))
+    parser.add_argument("--root", default=defaults.root)
+    parser.add_argument("--category", default=defaults.category)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--rates", nargs="+", type=float, default=[0.02, 0.05, 0.1])
+    parser.add_argument("--output", type=Path, default=Path("results/threshold_rules"))
+    args = parser.parse_args(argv)
+    config = BenchmarkConfig(
+        root=args.root,
+        category=args.category,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        num_workers=args.num_workers,
+        seed=args.seed,
+    )
+    rows = compare_threshold_rules(args.model, config, args.rates, args.output)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"{args.model}.json").write_text(json.dumps(rows, indent=2))
+    for row in rows:
+        print(
+            " ".join(
+                f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
