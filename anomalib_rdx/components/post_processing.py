@@ -292,6 +292,7 @@ class NormalQuantilePostProcessor(PostProcessor):
             NoNormalValidationImagesError: When the validation split held no normal image.
         """
         del pl_module
+        self._gather_samples()
         if not self._normal_scores:
             datamodule = getattr(trainer, "datamodule", None)
             mode = getattr(datamodule, "val_split_mode", None)
@@ -310,6 +311,16 @@ class NormalQuantilePostProcessor(PostProcessor):
         if self.enable_thresholding:
             self._fix_thresholds(scores)
         self._reset_samples()
+
+    def _gather_samples(self) -> None:
+        """Under distributed validation, give every process the samples of all (each saw a shard)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for name in ("_normal_scores", "_normal_map_maxima", "_normal_pixels"):
+            local = getattr(self, name)
+            shards: list[list[torch.Tensor] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shards, local)
+            setattr(self, name, [tensor for shard in shards for tensor in shard or []])
 
     def _fix_thresholds(self, scores: torch.Tensor) -> None:
         if self.threshold == "f1_adaptive":
