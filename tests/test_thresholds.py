@@ -146,7 +146,19 @@ def test_test_labels_follow_the_stored_thresholds(trained: dict) -> None:
     figures = image_decisions(rows)
     assert figures["good_images"] == 100
     assert figures["defective_images"] == 20
+    assert figures["image_F1_all_defective"] == pytest.approx(2 * 20 / (2 * 20 + 100))
     assert 0.0 <= figures["image_F1_shipped"] <= figures["image_F1_oracle"] + 1e-9
+    # The oracle is the best F1 over every cut of the recorded scores (brute force).
+    best = 0.0
+    for cut in {row["pred_score"] for row in rows}:
+        flagged = [(row["gt_label"], row["pred_score"] >= cut) for row in rows]
+        hits = sum(1 for label, flag in flagged if label and flag)
+        false_alarms = sum(1 for label, flag in flagged if not label and flag)
+        best = max(best, 2 * hits / (2 * hits + false_alarms + (20 - hits)))
+    assert figures["image_F1_oracle"] == pytest.approx(best)
+    shipped = trained["recorder"].metrics()
+    assert shipped["false_reject_rate"] == figures["false_reject_rate"]
+    assert 0.0 <= shipped["pixel_IoU_shipped"] <= shipped["pixel_F1_shipped"] <= 1.0
 
 
 @requires_shared_data
@@ -217,6 +229,7 @@ def test_distillation_models_default_to_the_normal_quantile_rule() -> None:
         ("pixel_false_positive_rate", 2.0),
         ("threshold", "f1"),
         ("num_knots", 3),
+        ("pixel_threshold_rule", "f1"),
     ],
 )
 def test_bad_argument_raises_naming_it(argument: str, value: object) -> None:

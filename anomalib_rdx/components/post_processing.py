@@ -151,6 +151,9 @@ class NormalQuantilePostProcessor(PostProcessor):
         false_reject_rate: Target share of good parts rejected, in ``(0, 1)``.
         pixel_false_positive_rate: Share of normal pixels flagged, in ``(0, 1)``; ``None`` bounds the share
             of good parts with any flagged pixel by ``false_reject_rate`` instead.
+        pixel_threshold_rule: Rule of the pixel threshold when it differs from the image one, e.g.
+            ``"f1_adaptive"`` (masks fitted to the synthetic validation anomalies) with the false-reject
+            rule for labels; ``None``: the same rule as ``threshold``.
         num_knots: Number of stored quantiles (evenly spaced levels from 0 to 1), at least 5.
         pixels_per_image: Anomaly-map pixels sampled from each normal validation image.
         max_pixel_samples: Upper bound on the pixels kept over the validation epoch.
@@ -177,6 +180,7 @@ class NormalQuantilePostProcessor(PostProcessor):
         threshold: ThresholdRule = "false_reject_rate",
         false_reject_rate: float = 0.02,
         pixel_false_positive_rate: float | None = None,
+        pixel_threshold_rule: ThresholdRule | None = None,
         num_knots: int = 101,
         pixels_per_image: int = 1024,
         max_pixel_samples: int = 200_000,
@@ -186,6 +190,9 @@ class NormalQuantilePostProcessor(PostProcessor):
         super().__init__(**kwargs)
         if threshold not in THRESHOLD_RULES:
             msg = f"threshold must be one of {THRESHOLD_RULES}, got {threshold!r}."
+            raise ValueError(msg)
+        if pixel_threshold_rule is not None and pixel_threshold_rule not in THRESHOLD_RULES:
+            msg = f"pixel_threshold_rule must be None or one of {THRESHOLD_RULES}, got {pixel_threshold_rule!r}."
             raise ValueError(msg)
         _check_rate("false_reject_rate", false_reject_rate)
         if pixel_false_positive_rate is not None:
@@ -198,6 +205,7 @@ class NormalQuantilePostProcessor(PostProcessor):
                 msg = f"{name} must be a positive integer, got {value!r}."
                 raise ValueError(msg)
         self.threshold = threshold
+        self.pixel_threshold_rule = pixel_threshold_rule
         self.false_reject_rate = float(false_reject_rate)
         self.pixel_false_positive_rate = None if pixel_false_positive_rate is None else float(pixel_false_positive_rate)
         self.num_knots = int(num_knots)
@@ -218,6 +226,7 @@ class NormalQuantilePostProcessor(PostProcessor):
             "threshold",
             "false_reject_rate",
             "pixel_false_positive_rate",
+            "pixel_threshold_rule",
             "num_knots",
             "pixels_per_image",
             "max_pixel_samples",
@@ -234,6 +243,10 @@ class NormalQuantilePostProcessor(PostProcessor):
                 setattr(self, name, torch.empty_like(state_dict[key]))
                 self.num_knots = state_dict[key].numel()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def _pixel_rule(self) -> ThresholdRule:
+        return self.pixel_threshold_rule or self.threshold
 
     # ----------------------------------------------------------------------------------------- calibration
     def _reset_samples(self) -> None:
@@ -260,6 +273,7 @@ class NormalQuantilePostProcessor(PostProcessor):
         del trainer, pl_module, args, kwargs
         if self.enable_thresholding and self.threshold == "f1_adaptive":
             self._image_threshold_metric.update(outputs)
+        if self.enable_thresholding and self._pixel_rule == "f1_adaptive":
             self._pixel_threshold_metric.update(outputs)
         if outputs.gt_label is None:
             return
@@ -323,16 +337,17 @@ class NormalQuantilePostProcessor(PostProcessor):
             setattr(self, name, [tensor for shard in shards for tensor in shard or []])
 
     def _fix_thresholds(self, scores: torch.Tensor) -> None:
-        if self.threshold == "f1_adaptive":
-            for metric, buffer in (
-                (self._image_threshold_metric, self._image_threshold),
-                (self._pixel_threshold_metric, self._pixel_threshold),
-            ):
-                if metric.update_called:
-                    buffer.copy_(metric.compute())
-                metric.reset()
+        for metric, buffer, rule in (
+            (self._image_threshold_metric, self._image_threshold, self.threshold),
+            (self._pixel_threshold_metric, self._pixel_threshold, self._pixel_rule),
+        ):
+            if rule == "f1_adaptive" and metric.update_called:
+                buffer.copy_(metric.compute())
+            metric.reset()
+        if self.threshold == "false_reject_rate":
+            self._image_threshold.copy_(normal_threshold(scores, self.false_reject_rate))
+        if self._pixel_rule == "f1_adaptive":
             return
-        self._image_threshold.copy_(normal_threshold(scores, self.false_reject_rate))
         if self.pixel_false_positive_rate is not None and self._normal_pixels:
             pixels = torch.cat(self._normal_pixels)
             self._pixel_threshold.copy_(torch.quantile(pixels, 1.0 - self.pixel_false_positive_rate))
