@@ -52,6 +52,7 @@ from tqdm import tqdm
 import anomalib_rdx
 from anomalib_rdx.components.checkpoint import load_checkpoint
 
+from .decisions import DecisionRecorder
 from .measure import DataAndTeacher, inference_parameters, measure_latency, save_model_checkpoint
 from .per_type import PER_TYPE_METRICS, LearningCurve, PerDefectTypeMetrics
 from .stock import PATCHCORE_CORESET_RATIO, ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
@@ -192,7 +193,7 @@ def benchmark_evaluator() -> Evaluator:
 
 
 class TestScoreRecorder(Callback):
-    """Keep every test image's path, label and score (anomalib's normalised ``pred_score``)."""
+    """Keep every test image's path, label and raw score (``pred_score`` before the post-processor runs)."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -233,6 +234,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         return {"model": name, "seed": config.seed, "status": "skipped", "reason": str(skipped)}
     folder = output / name / f"seed{config.seed}"
     recorder, per_type, learning_curve = TestScoreRecorder(), PerDefectTypeMetrics(), LearningCurve()
+    decisions = DecisionRecorder()
     budget = {"max_time": {"seconds": config.max_minutes * 60}} if config.max_minutes else {}
     validation = (
         {"val_check_interval": config.val_check_interval, "check_val_every_n_epoch": None}
@@ -240,7 +242,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         else {}
     )
     engine = Engine(
-        callbacks=[recorder, per_type, learning_curve],
+        callbacks=[recorder, per_type, learning_curve, decisions],
         max_epochs=config.epochs if not config.max_minutes else -1,
         max_steps=config.max_steps,
         **budget,
@@ -260,6 +262,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     start = time.perf_counter()
     (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
     test_seconds = time.perf_counter() - start
+    decision_figures = decisions.metrics()  # now: a later re-test (MultiResolutionKD's gradient map) resets it
     recorder.write(folder / "test_scores.csv")
     _write_csv(learning_curve.rows, folder / "learning_curve.csv")
     if config.trained_checkpoint:  # the evaluated model, switches included (its latency is measured)
@@ -286,6 +289,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         "status": "ok",
         **{metric: float(metrics[metric]) for metric in METRICS},
         **per_type.compute(),
+        **decision_figures,
         "train_seconds": round(train_seconds, 1),
         "train_steps": engine.trainer.global_step,
         "epochs_trained": engine.trainer.current_epoch,

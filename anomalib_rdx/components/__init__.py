@@ -5,6 +5,7 @@ from .base import DistillationModule
 from .decoder import PyramidBottleneck, PyramidDecoder, StagedDecoder, build_student, check_input_size
 from .losses import flat_cosine_distance, pixel_cosine_distance, pixel_cosine_distance_maps
 from .normalization import ImageNetNormalization
+from .post_processing import NoNormalValidationImagesError, NormalQuantilePostProcessor
 from .weights import WeightsMismatchError, load_backbone_weights, resolve_weights_path
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "DistillationModule",
     "FeaturePyramid",
     "ImageNetNormalization",
+    "NoNormalValidationImagesError",
+    "NormalQuantilePostProcessor",
     "PyramidBottleneck",
     "PyramidDecoder",
     "StagedDecoder",

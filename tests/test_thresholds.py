@@ -1,0 +1,251 @@
+"""Accept/reject decisions from held-out normal images (NormalQuantilePostProcessor, issue 18).
+
+One AugmentedRD (efficientnet_lite0 teacher, 128x128, 2 epochs) is trained on a fixed subset of the real
+magnetic_tile data with anomalib's synthetic validation split (half of the training images held out,
+half of those turned into synthetic anomalies); its post-processor calibrates on the held-out normal
+images. The tests check the false-reject rule against the rate it promises, the exported OpenVINO model
+against PyTorch, and the calibrated scores.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.cli import AnomalibCLI
+from anomalib.data import ImageBatch, MVTecAD
+from anomalib.data.utils import read_image
+from anomalib.deploy import ExportType
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_rdx import AugmentedRD
+from anomalib_rdx.benchmark.decisions import DecisionRecorder, image_decisions
+from anomalib_rdx.components import NoNormalValidationImagesError, NormalQuantilePostProcessor
+from anomalib_rdx.components.post_processing import conformal_rank, quantile_transform
+from anomalib_rdx.data import make_mvtec_subset
+
+from .cli_helpers import openvino_inferencer
+from .conftest import SHARED_MAGNETIC_TILE, requires_shared_data
+
+RATE = 0.1
+IMAGE_SIZE = 128
+SPREAD = 3.0
+"""Allowed distance, in standard deviations, between a measured and the expected false-reject count."""
+
+
+@pytest.fixture(scope="module")
+def calibration_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """160 training and 100 good + 20 defective test images of magnetic_tile (parent folder)."""
+    if not SHARED_MAGNETIC_TILE.is_dir():
+        pytest.skip(f"the full magnetic_tile dataset is not at {SHARED_MAGNETIC_TILE}")
+    root = tmp_path_factory.mktemp("thresholds")
+    make_mvtec_subset(SHARED_MAGNETIC_TILE, root / "magnetic_tile", train_good=160, test_good=100, test_per_defect=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(calibration_data: Path, lite0_teacher: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The trained model, its datamodule and engine, and the decisions recorded on the test split."""
+    seed_everything(0)
+    datamodule = MVTecAD(
+        root=calibration_data,
+        category="magnetic_tile",
+        train_batch_size=8,
+        eval_batch_size=16,
+        num_workers=0,
+        val_split_mode="synthetic",
+        val_split_ratio=0.5,
+        seed=0,
+    )
+    model = AugmentedRD(
+        **lite0_teacher,
+        pre_processor=AugmentedRD.configure_pre_processor((IMAGE_SIZE, IMAGE_SIZE)),
+        post_processor=NormalQuantilePostProcessor(false_reject_rate=RATE),
+    )
+    recorder = DecisionRecorder()
+    engine = Engine(
+        callbacks=[recorder],
+        max_epochs=2,
+        default_root_dir=tmp_path_factory.mktemp("run"),
+        logger=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    engine.test(model=model, datamodule=datamodule, verbose=False)
+    return {"model": model.eval(), "datamodule": datamodule, "engine": engine, "recorder": recorder}
+
+
+def _validation_normal_outputs(trained: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw scores and shipped labels of the held-out normal validation images (as validation computed them)."""
+    model = trained["model"]
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in trained["datamodule"].val_dataloader():
+            raw = model.model(batch.image)
+            shipped = model.post_processor(raw)
+            normal = batch.gt_label == 0
+            scores.append(raw.pred_score[normal])
+            labels.append(shipped.pred_label[normal])
+    return torch.cat(scores), torch.cat(labels)
+
+
+@requires_shared_data
+def test_false_reject_rule_meets_its_rate_on_held_out_normal_images(trained: dict) -> None:
+    scores, labels = _validation_normal_outputs(trained)
+    held_out = scores.numel()
+    assert held_out >= 30, f"the subset should hold out at least 30 normal images, got {held_out}"
+    rank = conformal_rank(held_out, RATE)
+    # On the calibration images: exactly the scores above the rank-th smallest are rejected, at most RATE.
+    assert int(labels.sum()) == held_out - rank
+    assert labels.float().mean() <= RATE
+
+    # On good test parts, never seen in calibration: the number rejected is beta-binomial (the threshold
+    # is an order statistic of `held_out` normal scores), with mean `expected` and the spread below.
+    good = [row for row in trained["recorder"].rows if row["gt_label"] == 0]
+    count = len(good)
+    rejected = sum(row["pred_label"] for row in good)
+    alpha, beta = held_out + 1 - rank, rank
+    expected = alpha / (alpha + beta)
+    variance = count * alpha * beta * (alpha + beta + count) / ((alpha + beta) ** 2 * (alpha + beta + 1))
+    assert abs(rejected - count * expected) <= SPREAD * math.sqrt(variance), (rejected, count, expected)
+
+
+@requires_shared_data
+def test_quantile_scores_are_monotone_and_put_the_median_normal_image_at_one_half(trained: dict) -> None:
+    post_processor = trained["model"].post_processor
+    scores, _ = _validation_normal_outputs(trained)
+    median = scores.quantile(0.5)
+    assert float(quantile_transform(median, post_processor.image_knots)) == pytest.approx(0.5, abs=1e-4)
+    # Over the whole range seen on the test split and beyond, the map keeps the order and stays in (0, 1).
+    knots = post_processor.image_knots
+    grid = torch.linspace(float(knots[0]) - 0.1, float(knots[-1]) + 0.1, 2001)
+    calibrated = quantile_transform(grid, knots)
+    assert torch.all(calibrated[1:] >= calibrated[:-1])
+    inside = (grid > knots[1]) & (grid < knots[-2])
+    assert torch.all(calibrated[1:][inside[1:]] > calibrated[:-1][inside[1:]])
+    assert float(calibrated.min()) > 0.0
+    assert float(calibrated.max()) < 1.0
+    # The share of validation normal scores below each calibrated level matches that level.
+    levels = quantile_transform(scores, knots)
+    for level in (0.25, 0.5, 0.75):
+        assert float((levels <= level).float().mean()) == pytest.approx(level, abs=2 / scores.numel() + 0.01)
+
+
+@requires_shared_data
+def test_test_labels_follow_the_stored_thresholds(trained: dict) -> None:
+    post_processor = trained["model"].post_processor
+    rows = trained["recorder"].rows
+    threshold = float(post_processor.normalized_image_threshold)
+    for row in rows:
+        if abs(row["pred_score"] - threshold) > 1e-6:
+            assert row["pred_label"] == int(row["pred_score"] > threshold), row
+    figures = image_decisions(rows)
+    assert figures["good_images"] == 100
+    assert figures["defective_images"] == 20
+    assert figures["image_F1_all_defective"] == pytest.approx(2 * 20 / (2 * 20 + 100))
+    assert 0.0 <= figures["image_F1_shipped"] <= figures["image_F1_oracle"] + 1e-9
+    # The oracle is the best F1 over every cut of the recorded scores (brute force).
+    best = 0.0
+    for cut in {row["pred_score"] for row in rows}:
+        flagged = [(row["gt_label"], row["pred_score"] >= cut) for row in rows]
+        hits = sum(1 for label, flag in flagged if label and flag)
+        false_alarms = sum(1 for label, flag in flagged if not label and flag)
+        best = max(best, 2 * hits / (2 * hits + false_alarms + (20 - hits)))
+    assert figures["image_F1_oracle"] == pytest.approx(best)
+    shipped = trained["recorder"].metrics()
+    assert shipped["false_reject_rate"] == figures["false_reject_rate"]
+    assert 0.0 <= shipped["pixel_IoU_shipped"] <= shipped["pixel_F1_shipped"] <= 1.0
+
+
+@requires_shared_data
+def test_exported_openvino_model_gives_the_labels_of_pytorch(trained: dict, tmp_path: Path) -> None:
+    model = trained["model"]
+    xml = trained["engine"].export(model, ExportType.OPENVINO, export_root=tmp_path)
+    inferencer = openvino_inferencer(xml, tmp_path)
+    images = sorted((Path(trained["datamodule"].root) / "magnetic_tile" / "test").rglob("*.png"))
+    assert len(images) == 120
+    torch_labels, openvino_labels, mask_mismatch, pixels = [], [], 0, 0
+    for path in images:
+        image = read_image(path, as_tensor=True)
+        with torch.no_grad():
+            expected = model(image[None])
+        actual = inferencer.predict(image)
+        torch_labels.append(bool(expected.pred_label.item()))
+        openvino_labels.append(bool(np.asarray(actual.pred_label).item()))
+        expected_mask = expected.pred_mask.numpy().astype(bool).squeeze()
+        mask_mismatch += int((np.asarray(actual.pred_mask).astype(bool).squeeze() != expected_mask).sum())
+        pixels += expected_mask.size
+        assert np.asarray(actual.pred_score).item() == pytest.approx(expected.pred_score.item(), abs=1e-3)
+    assert openvino_labels == torch_labels
+    assert any(torch_labels), "some test parts should be rejected"
+    assert not all(torch_labels), "some test parts should be accepted"
+    assert mask_mismatch <= 1e-4 * pixels, f"{mask_mismatch} of {pixels} mask pixels differ"
+
+
+@requires_shared_data
+def test_checkpoint_restores_the_rule_and_its_thresholds(trained: dict) -> None:
+    trained_model = trained["model"]
+    checkpoint = next(Path(trained["engine"].trainer.default_root_dir).rglob("*.ckpt"))
+    loaded = AugmentedRD.load_from_checkpoint(checkpoint).eval()
+    assert isinstance(loaded.post_processor, NormalQuantilePostProcessor)
+    assert loaded.post_processor.false_reject_rate == RATE
+    assert torch.equal(loaded.post_processor.image_threshold, trained_model.post_processor.image_threshold)
+    assert torch.equal(loaded.post_processor.image_knots, trained_model.post_processor.image_knots)
+
+
+def test_cli_builds_the_post_processor_with_its_rate() -> None:
+    args = [
+        "fit",
+        "--model", "anomalib_rdx.AugmentedRD",
+        "--model.pre_trained", "false",
+        "--model.post_processor", "anomalib_rdx.components.NormalQuantilePostProcessor",
+        "--model.post_processor.init_args.false_reject_rate", "0.05",
+        "--model.post_processor.init_args.threshold", "false_reject_rate",
+        "--data", "anomalib.data.MVTecAD",
+    ]  # fmt: skip
+    cli = AnomalibCLI(args=args, run=False)
+    assert isinstance(cli.model.post_processor, NormalQuantilePostProcessor)
+    assert cli.model.post_processor.false_reject_rate == 0.05
+
+
+def test_distillation_models_default_to_calibrated_scores_with_f1_adaptive_labels() -> None:
+    model = AugmentedRD(pre_trained=False)
+    assert isinstance(model.post_processor, NormalQuantilePostProcessor)
+    assert model.post_processor.threshold == "f1_adaptive"
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("false_reject_rate", 0.0),
+        ("false_reject_rate", 1.0),
+        ("false_reject_rate", -0.1),
+        ("false_reject_rate", 1.5),
+        ("pixel_false_positive_rate", 0.0),
+        ("pixel_false_positive_rate", 2.0),
+        ("threshold", "f1"),
+        ("num_knots", 3),
+        ("pixel_threshold_rule", "f1"),
+    ],
+)
+def test_bad_argument_raises_naming_it(argument: str, value: object) -> None:
+    with pytest.raises(ValueError, match=argument):
+        NormalQuantilePostProcessor(**{argument: value})
+
+
+def test_validation_without_normal_images_raises_naming_the_split() -> None:
+    post_processor = NormalQuantilePostProcessor()
+    batch = ImageBatch(
+        image=torch.rand(2, 3, 16, 16),
+        gt_label=torch.tensor([1, 1]),
+        pred_score=torch.tensor([0.3, 0.4]),
+        anomaly_map=torch.rand(2, 16, 16),
+    )
+    post_processor.on_validation_epoch_start(None, None)
+    post_processor.on_validation_batch_end(None, None, batch)
+    with pytest.raises(NoNormalValidationImagesError, match="val_split_mode"):
+        post_processor.on_validation_epoch_end(None, None)
