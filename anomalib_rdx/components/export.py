@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 _ATEN_OPERATOR = re.compile(r"aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
 _TEST_SPLITS = {ValSplitMode.FROM_TEST, ValSplitMode.SAME_AS_TEST}
+MIN_CALIBRATION_IMAGES = 300
 
 
 class ExportError(RuntimeError):
@@ -68,7 +69,20 @@ def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None
         )
         raise ValueError(msg)
     datamodule.setup("fit")
+    # As anomalib 2.7's own ``_post_training_quantization_ov`` (which this replaces, see
+    # tests/test_private_hooks.py): a model exported with a static batch size is calibrated with batches
+    # of that size, and a small calibration set is warned about.
+    model_input = model.input(0)
+    if model_input.partial_shape[0].is_static:
+        datamodule.eval_batch_size = model_input.shape[0]
+    dataloader = datamodule.val_dataloader()
+    if len(dataloader.dataset) < MIN_CALIBRATION_IMAGES:
+        logger.warning(
+            "INT8 calibration on %d images; anomalib recommends at least %d.",
+            len(dataloader.dataset),
+            MIN_CALIBRATION_IMAGES,
+        )
     kept_in_fp32 = map_smoothing_nodes(model)
     logger.info("INT8: keeping the anomaly-map smoothing in FP32: %s", kept_in_fp32)
-    calibration = nncf.Dataset(datamodule.val_dataloader(), lambda batch: batch.image)
+    calibration = nncf.Dataset(dataloader, lambda batch: batch.image)
     return nncf.quantize(model, calibration, ignored_scope=nncf.IgnoredScope(names=kept_in_fp32))
