@@ -209,10 +209,10 @@ class TestScoreRecorder(Callback):
         _write_csv(self.rows, path)
 
 
-def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
-    """Train and test one model; return its row of results."""
+def benchmark_datamodule(config: BenchmarkConfig) -> MVTecAD:
+    """Build the benchmark's seeded data: synthetic validation split of held-out training images, whole test split."""
     seed_everything(config.seed, workers=True)
-    datamodule = MVTecAD(
+    return MVTecAD(
         root=config.root,
         category=config.category,
         train_batch_size=config.train_batch_size,
@@ -222,6 +222,11 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         val_split_ratio=config.val_split_ratio,
         seed=config.seed,
     )
+
+
+def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
+    """Train and test one model; return its row of results."""
+    datamodule = benchmark_datamodule(config)
     try:
         if config.trained_checkpoint:
             model = load_benchmark_checkpoint(

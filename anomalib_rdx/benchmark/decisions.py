@@ -312,23 +312,11 @@ def compare_threshold_rules(name: str, config: Any, rates: list[float], output: 
     calibrated on the validation split only; the all-defective rule and the
     test-split oracle come with every row for reference.
     """
-    from anomalib.data import MVTecAD
     from anomalib.engine import Engine
-    from lightning.pytorch import seed_everything
 
-    from .accuracy import MODELS
+    from .accuracy import MODELS, benchmark_datamodule
 
-    seed_everything(config.seed, workers=True)
-    datamodule = MVTecAD(
-        root=config.root,
-        category=config.category,
-        train_batch_size=config.train_batch_size,
-        eval_batch_size=config.eval_batch_size,
-        num_workers=config.num_workers,
-        val_split_mode="synthetic",
-        val_split_ratio=config.val_split_ratio,
-        seed=config.seed,
-    )
+    datamodule = benchmark_datamodule(config)
     model = MODELS[name](config)
     model.post_processor = None  # record raw outputs; each rule is applied afterwards
     model.evaluator = None

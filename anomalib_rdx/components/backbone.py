@@ -64,7 +64,7 @@ def describe_feature_pyramid(backbone: str, layers: Sequence[str | int]) -> Feat
     if not layers:
         msg = f"`layers` is empty: give at least one feature level of backbone '{backbone}'."
         raise BackboneError(msg)
-    info = _feature_info(backbone)
+    info = feature_levels(backbone)
     names = [level["module"] for level in info]
     indices: list[int] = []
     for layer in layers:
@@ -92,7 +92,7 @@ def describe_feature_pyramid(backbone: str, layers: Sequence[str | int]) -> Feat
     )
 
 
-def _feature_info(backbone: str) -> list[dict]:
+def feature_levels(backbone: str) -> list[dict]:
     """Levels (module, stride, channels) of ``backbone`` built by timm as a ``features_only`` network."""
     if not timm.is_model(backbone):
         msg = f"Backbone '{backbone}' is not a timm model name (see `timm.list_models()`)."
@@ -137,7 +137,7 @@ def resolve_layers(
         return list(layers)
     if paper_layers and backbone in paper_layers:
         return list(paper_layers[backbone])
-    info = _feature_info(backbone)
+    info = feature_levels(backbone)
     deepest_at_stride = {level["reduction"]: level["module"] for level in info}
     missing = [stride for stride in strides if stride not in deepest_at_stride]
     if missing:

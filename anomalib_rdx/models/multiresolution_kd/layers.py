@@ -14,9 +14,8 @@ ResNet, EfficientNet, MobileNet, ConvNeXt, DenseNet, ... (not pooled) the stage 
 from collections.abc import Sequence
 from typing import Literal
 
-import timm
-
 from anomalib_rdx.components import BackboneError
+from anomalib_rdx.components.backbone import feature_levels
 
 LayerPositions = Literal["pre_pool", "post_pool"]
 COMPARED_STRIDES = (4, 8, 16, 32)
@@ -43,16 +42,8 @@ def default_layers(backbone: str, layer_positions: LayerPositions) -> list[int]:
     Raises:
         BackboneError: If the backbone is no timm CNN or has fewer than two such levels.
     """
-    if not timm.is_model(backbone):
-        msg = f"Backbone '{backbone}' is not a timm model name (see `timm.list_models()`)."
-        raise BackboneError(msg)
-    try:
-        model = timm.create_model(backbone, pretrained=False, features_only=True, exportable=True)
-    except Exception as error:  # timm raises RuntimeError/ValueError/AssertionError here
-        msg = f"Backbone '{backbone}' cannot be built as a timm `features_only` CNN: {error}"
-        raise BackboneError(msg) from error
     factor = 2 if layer_positions == "post_pool" else 1
-    reductions: Sequence[int] = model.feature_info.reduction()
+    reductions: Sequence[int] = [level["reduction"] for level in feature_levels(backbone)]
     layers = [index for index, reduction in enumerate(reductions) if reduction * factor in COMPARED_STRIDES]
     if len(layers) < 2:
         msg = (
