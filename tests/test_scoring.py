@@ -11,9 +11,9 @@ def test_max_and_top_k_mean_scores() -> None:
     maps = torch.zeros(2, 1, 10, 10)
     maps[0, 0, 0, 0] = 1.0  # one bright pixel
     maps[1, 0, :2, :5] = 0.5  # a region of 10 pixels at half the brightness
-    assert image_score_from_map(maps, "max").tolist() == [1.0, 0.5]
+    assert image_score_from_map(maps, "max").tolist() == [[1.0], [0.5]]
     # Top 10% of 100 pixels = 10 pixels: the region outranks the single pixel.
-    assert image_score_from_map(maps, "top_k_mean", 0.1).tolist() == pytest.approx([0.1, 0.5])
+    assert image_score_from_map(maps, "top_k_mean", 0.1).flatten().tolist() == pytest.approx([0.1, 0.5])
 
 
 @pytest.mark.parametrize("model_class", [RDExpert, AugmentedRD, DualStudentKD])
@@ -27,7 +27,7 @@ def test_papers_score_is_the_default_and_top_k_is_a_switch(
     with torch.no_grad():
         paper_output, top_k_output = paper.model(sample_images), top_k.model(sample_images)
     torch.testing.assert_close(paper_output.anomaly_map, top_k_output.anomaly_map)
-    torch.testing.assert_close(paper_output.pred_score, paper_output.anomaly_map.flatten(1).amax(1))
+    torch.testing.assert_close(paper_output.pred_score, paper_output.anomaly_map.flatten(1).amax(1, keepdim=True))
     torch.testing.assert_close(
         top_k_output.pred_score, image_score_from_map(top_k_output.anomaly_map, "top_k_mean", 0.05)
     )

@@ -36,16 +36,16 @@ IMAGE_SCORES = ("max", "top_k_mean")
 def image_score_from_map(
     anomaly_map: torch.Tensor, mode: ImageScore = "max", top_k_share: float = 0.01
 ) -> torch.Tensor:
-    """Image score of each map ``(B, 1, H, W)``: its maximum, or the mean of its ``top_k_share`` highest pixels.
+    """Image score ``(B, 1)`` of each map ``(B, 1, H, W)``: its maximum, or the mean of its top ``top_k_share`` pixels.
 
     The maximum is the papers' score; it rests on one pixel, so a single bright spot of texture decides
     the label. The mean of the top 1% of pixels (655 pixels at 256x256) needs a region to be unusual.
     """
-    flat = anomaly_map.flatten(1)
+    flat = anomaly_map.flatten(2)  # (B, 1, H*W): scores keep anomalib's (B, 1) shape, as its RD's amax does
     if mode == "max":
-        return flat.amax(dim=1)
-    k = max(1, round(top_k_share * flat.shape[1]))
-    return flat.topk(k, dim=1).values.mean(dim=1)
+        return flat.amax(dim=-1)
+    k = max(1, round(top_k_share * flat.shape[-1]))
+    return flat.topk(k, dim=-1).values.mean(dim=-1)
 
 
 def map_features(function: Any, features: Any) -> Any:
