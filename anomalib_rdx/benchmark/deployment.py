@@ -34,15 +34,17 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from anomalib.data import MVTecAD
 from anomalib.deploy import CompressionType, ExportType
 from anomalib.engine import Engine
+from anomalib.metrics import AUROC
 from anomalib.models import ReverseDistillation
 from anomalib.models.components import AnomalibModule
-from sklearn.metrics import roc_auc_score
+from torchvision import tv_tensors
 from torchvision.transforms.v2 import Resize
 from tqdm import tqdm
 
@@ -170,26 +172,27 @@ def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> di
 
 
 def runtime_metrics(model: AnomalibModule, artifacts: dict[str, Path], batches: Iterable) -> dict[str, float]:
-    """Image and pixel AUROC of each runtime on ``batches`` (test batches of images, labels, masks)."""
+    """Image and pixel AUROC (anomalib's metric) of each runtime on ``batches`` (test images, labels, masks).
+
+    Masks go through the model's own pre-processor (its resize, nearest for masks), so they match the
+    maps, which are at the model's input size (MultiResolutionKD: 128x128).
+    """
     predictors = _runtime_predictors(model, artifacts)
-    scores: dict[str, list] = {runtime: [] for runtime in RUNTIMES}
-    maps: dict[str, list] = {runtime: [] for runtime in RUNTIMES}
-    labels, masks = [], []
+    image_auroc = {runtime: AUROC(fields=["pred_score", "gt_label"]) for runtime in RUNTIMES}
+    pixel_auroc = {runtime: AUROC(fields=["anomaly_map", "gt_mask"]) for runtime in RUNTIMES}
     for batch in batches:
-        labels.append(batch.gt_label.numpy().ravel())
+        masks = model.pre_processor.transform(tv_tensors.Mask(batch.gt_mask))
         for runtime, predict in predictors.items():
             batch_scores, batch_maps = predict(batch.image)
-            scores[runtime].append(batch_scores)
-            maps[runtime].append(batch_maps.reshape(len(batch.image), -1).astype(np.float32))
-        # Masks at the maps' size (a model may score at a smaller size than its input: MKD's 128x128).
-        mask = batch.gt_mask.reshape(len(batch.image), 1, *batch.gt_mask.shape[-2:]).float()
-        mask = torch.nn.functional.interpolate(mask, size=batch_maps.shape[-2:], mode="nearest")
-        masks.append(mask.numpy().reshape(len(batch.image), -1).astype(bool))
-    label_array, mask_array = np.concatenate(labels), np.concatenate(masks).ravel()
+            maps = torch.from_numpy(np.ascontiguousarray(batch_maps, dtype=np.float32))
+            image_auroc[runtime].update(
+                SimpleNamespace(pred_score=torch.from_numpy(batch_scores.astype(np.float32)), gt_label=batch.gt_label)
+            )
+            pixel_auroc[runtime].update(SimpleNamespace(anomaly_map=maps, gt_mask=masks.reshape(maps.shape).int()))
     metrics = {}
     for runtime in RUNTIMES:
-        metrics[f"image_AUROC_{runtime}"] = float(roc_auc_score(label_array, np.concatenate(scores[runtime])))
-        metrics[f"pixel_AUROC_{runtime}"] = float(roc_auc_score(mask_array, np.concatenate(maps[runtime]).ravel()))
+        metrics[f"image_AUROC_{runtime}"] = float(image_auroc[runtime].compute())
+        metrics[f"pixel_AUROC_{runtime}"] = float(pixel_auroc[runtime].compute())
     return metrics
 
 

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -230,10 +231,13 @@ def compare_precision(xml: Path, images: list[Path], workdir: Path, model: "Anom
     figures: dict = {"images": len(images), "default_precision_hint": default_hint}
     labels = [path.parent.name != "good" for path in images]  # MVTec layout: test/good, test/<defect>
     if len(set(labels)) == 2:
-        from sklearn.metrics import roc_auc_score
+        from anomalib.metrics import AUROC
 
         for name, pairs in outputs.items():
-            figures[f"image_AUROC_{name}"] = round(float(roc_auc_score(labels, [score for _, score in pairs])), 4)
+            metric = AUROC(fields=["pred_score", "gt_label"])
+            scores = torch.tensor([float(score) for _, score in pairs])
+            metric.update(SimpleNamespace(pred_score=scores, gt_label=torch.tensor(labels, dtype=torch.int)))
+            figures[f"image_AUROC_{name}"] = round(float(metric.compute()), 4)
     figures["default_vs_f32"] = difference("default", "f32")
     if model is not None:
         figures["default_vs_torch"] = difference("default", "torch")
