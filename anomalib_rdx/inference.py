@@ -227,8 +227,8 @@ class _RequestPool:
     """OpenVINO's ``AsyncInferQueue`` whose failed requests become error rows instead of stopping the run.
 
     A request that fails does not call its callback, and the queue raises its error at the next
-    ``start_async`` or ``wait_all``. Then every request still without a result is reported with that
-    error, a fresh queue replaces the old one, and the image being submitted is tried once more.
+    ``start_async`` or ``wait_all``. Then every request still without a result is tried again alone on a
+    fresh queue (the one that fails again gets an error row), and the image being submitted is tried once more.
     """
 
     def __init__(self, inferencer: OpenVINOInferencer, requests: int, deliver: "Callable[[_Result], None]") -> None:
@@ -264,13 +264,24 @@ class _RequestPool:
             raise
 
     def _fail_in_flight(self, error: Exception) -> None:
-        """Report the requests left without a result by ``error``; continue on a fresh queue."""
+        """Retry, one at a time on a fresh queue, the requests left without a result by ``error``.
+
+        The queue does not say which of its requests failed, so each is tried alone: an image that fails
+        again gets the error row, the others (in flight beside it) are scored.
+        """
+        del error
         with contextlib.suppress(Exception):  # the same failure, being reported
             self._queue.wait_all()
-        for index in sorted(self._in_flight):
-            result = self._in_flight.pop(index)
-            result.error = f"inference failed: {error}"
-            self._deliver(result)
+        left = [self._in_flight.pop(index) for index in sorted(self._in_flight)]
+        for result in left:
+            self._queue = self._new_queue()
+            try:
+                self._start(result)
+                self._queue.wait_all()
+            except Exception as retry_error:  # this image itself fails
+                self._in_flight.pop(result.index, None)
+                result.error = f"inference failed: {retry_error}"
+                self._deliver(result)
         self._queue = self._new_queue()
 
     def submit(self, result: _Result) -> None:

@@ -6,6 +6,7 @@ commands, and the benchmark's loader. The file's payload would create a marker f
 never appear.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,10 @@ def test_cli_refuses_code(subcommand: str, crafted: tuple[Path, Path], lite0_wei
         args += ["--default_root_dir", str(tmp_path / "out")]
     else:
         args += ["--export_type", "torch", "--export_root", str(tmp_path / "exported")]
-    result = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    environment = {**os.environ, "COLUMNS": "1000"}  # the CLI's rich output would wrap the file's path
+    result = subprocess.run(
+        args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False, env=environment
+    )
     output = " ".join((result.stdout + result.stderr).split())  # the CLI's rich output wraps lines
     assert result.returncode != 0, output[-3000:]
     assert f"{path} holds something other than weights" in output, output[-3000:]

@@ -10,7 +10,7 @@ from torch import nn
 from anomalib_rdx import AugmentedRD, MultiResolutionKD
 from anomalib_rdx.components.export import ExportError, quantize_int8
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
-from anomalib_rdx.inference import load_inferencer, predict_folder
+from anomalib_rdx.inference import list_images, load_inferencer
 
 
 class _EigenvalueNormalization(nn.Module):
@@ -58,4 +58,4 @@ def test_serving_without_an_exported_model_names_the_path(tmp_path: Path) -> Non
 def test_serving_an_empty_folder_names_it(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=rf"No images to predict in {tmp_path / 'empty'}"):
-        predict_folder(inferencer=None, images=tmp_path / "empty", output=tmp_path / "out")
+        list_images(tmp_path / "empty")

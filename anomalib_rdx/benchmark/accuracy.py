@@ -229,8 +229,13 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     datamodule = benchmark_datamodule(config)
     try:
         if config.trained_checkpoint:
+            size = (config.image_size, config.image_size)  # the network is built at the pre-processor's size
             model = load_benchmark_checkpoint(
-                name, Path(config.trained_checkpoint), evaluator=benchmark_evaluator(), **config.inference_options
+                name,
+                Path(config.trained_checkpoint),
+                evaluator=benchmark_evaluator(),
+                pre_processor=model_class(name).configure_pre_processor(size),
+                **config.inference_options,
             )
         else:
             model = MODELS[name](config)

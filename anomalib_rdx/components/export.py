@@ -5,8 +5,9 @@ Two things are added here for the distillation models:
 
 - :func:`blocking_operation` reads the exporter's error and names the operator it could not translate,
   so that a failed export says *which* operation blocks it.
-- :func:`quantize_int8` is anomalib's INT8 post-training quantisation with one layer kept in FP32: the
-  Gaussian smoothing of the anomaly map (the convolution on the single-channel map). Quantising it
+- :func:`quantize_int8` is anomalib's INT8 post-training quantisation with the map head kept in FP32: the
+  Gaussian smoothing of the anomaly map (the convolution on the single-channel map) and every operation
+  after it (:func:`map_head_nodes`). Quantising it
   (an 8-bit activation grid over a map whose useful differences are a few thousandths) collapsed every
   score and map of AugmentedRD to 0 on magnetic_tile. The feature networks, which hold nearly all of
   the computation, are quantised; calibration reads the datamodule's validation loader, which must
@@ -50,6 +51,26 @@ def map_smoothing_nodes(model: "openvino.Model") -> list[str]:  # noqa: F821
     ]
 
 
+def map_head_nodes(model: "openvino.Model") -> list[str]:  # noqa: F821
+    """Names of the map smoothing convolutions and of every operation after them (the map head).
+
+    Downstream of the smoothing the graph works on single-channel maps and scores (RDExpert's sum of two
+    maps, the image score, anomalib's or the package's normalisation); quantising an input there puts an
+    8-bit grid over values whose useful differences are a few thousandths of their range.
+    """
+    smoothing = set(map_smoothing_nodes(model))
+    names, frontier, seen = [], [op for op in model.get_ops() if op.get_friendly_name() in smoothing], set()
+    while frontier:
+        op = frontier.pop()
+        if op.get_friendly_name() in seen:
+            continue
+        seen.add(op.get_friendly_name())
+        names.append(op.get_friendly_name())
+        for output in op.outputs():
+            frontier.extend(target.get_node() for target in output.get_target_inputs())
+    return names
+
+
 def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None) -> "openvino.Model":  # noqa: F821
     """NNCF post-training INT8 quantisation calibrated on ``datamodule``'s validation images.
 
@@ -82,7 +103,8 @@ def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None
             len(dataloader.dataset),
             MIN_CALIBRATION_IMAGES,
         )
-    kept_in_fp32 = map_smoothing_nodes(model)
-    logger.info("INT8: keeping the anomaly-map smoothing in FP32: %s", kept_in_fp32)
+    kept_in_fp32 = map_head_nodes(model)
+    logger.info("INT8: keeping the anomaly-map smoothing and the %d operations after it in FP32", len(kept_in_fp32))
     calibration = nncf.Dataset(dataloader, lambda batch: batch.image)
-    return nncf.quantize(model, calibration, ignored_scope=nncf.IgnoredScope(names=kept_in_fp32))
+    ignored = nncf.IgnoredScope(names=kept_in_fp32, validate=False)  # not every op there is quantisable
+    return nncf.quantize(model, calibration, ignored_scope=ignored)
