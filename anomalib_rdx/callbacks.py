@@ -15,8 +15,9 @@ METRIC_MEANINGS = {
 class TestSummary(Callback):
     """Print, after testing, where the heat maps are and what the test metrics mean.
 
-    anomalib's own metric table stays; this adds a few lines under it for a first-time user. Add it in a
-    config with ``trainer.callbacks: [{class_path: anomalib_rdx.callbacks.TestSummary}]``.
+    anomalib's own metric table stays (Lightning prints it just after this callback's lines); this adds a
+    few lines for a first-time user. Add it in a config with
+    ``trainer.callbacks: [{class_path: anomalib_rdx.callbacks.TestSummary}]``.
     """
 
     @staticmethod
