@@ -235,7 +235,8 @@ class _RequestPool:
         self._compiled = inferencer.model
         self._input_name = inferencer.input_blob.any_name
         self._requests = requests
-        self._deliver = deliver
+        self._deliver_to = deliver
+        self._delivered: set[int] = set()
         self._in_flight: dict[int, _Result] = {}
         self._queue = self._new_queue()
 
@@ -245,6 +246,12 @@ class _RequestPool:
         pool = ov.AsyncInferQueue(self._compiled, self._requests)
         pool.set_callback(self._on_done)
         return pool
+
+    def _deliver(self, result: _Result) -> None:
+        """Hand each image's result on once (a request retried after a failure may also finish late)."""
+        if result.index not in self._delivered:
+            self._delivered.add(result.index)
+            self._deliver_to(result)
 
     def _on_done(self, request: "openvino.InferRequest", result: _Result) -> None:  # noqa: F821
         self._in_flight.pop(result.index, None)
