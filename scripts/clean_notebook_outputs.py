@@ -1,11 +1,13 @@
 """Remove machine-specific paths from executed notebooks before they are committed.
 
-Warnings on stderr (library deprecation notices, which name the site-packages folder) are dropped, and
+Warnings on stderr, and library warnings rendered as display output (both name the site-packages
+folder), are dropped, and
 the repository's absolute path in the remaining outputs becomes a relative one.
 
 Usage: ``python scripts/clean_notebook_outputs.py notebooks/*.ipynb``
 """
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -28,6 +30,9 @@ def clean(path: Path) -> int:
             if output.get("output_type") == "stream" and output.get("name") == "stderr":
                 dropped += 1
                 continue
+            if "site-packages" in json.dumps(output):  # a library warning rendered as rich display output
+                dropped += 1
+                continue
             if "text" in output:
                 output["text"] = _ABSOLUTE_REPO.sub("", output["text"])
             for key, value in output.get("data", {}).items():
@@ -42,7 +47,7 @@ def clean(path: Path) -> int:
 def main(paths: list[str]) -> None:
     """Clean every notebook named on the command line."""
     for name in paths:
-        print(f"{name}: dropped {clean(Path(name))} stderr outputs")
+        print(f"{name}: dropped {clean(Path(name))} warning outputs")
 
 
 if __name__ == "__main__":

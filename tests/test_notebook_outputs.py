@@ -13,6 +13,7 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:home|root|work|tmp|Users|opt)/[\w.-
 def test_committed_notebook_has_no_absolute_paths(notebook) -> None:
     text = notebook.read_text()
     assert str(REPO_ROOT) not in text
+    assert "site-packages" not in text, f"{notebook.name} shows a library warning: run the cleaning script"
     found = ABSOLUTE_PATH.findall(text)
     assert not found, (
         f"{notebook.name} names machine paths {sorted(set(found))[:5]}: run scripts/clean_notebook_outputs.py"
