@@ -52,6 +52,7 @@ from tqdm import tqdm
 import anomalib_rdx
 from anomalib_rdx.components.checkpoint import load_checkpoint
 
+from .cpu import cpu_description
 from .decisions import DecisionRecorder
 from .measure import DataAndTeacher, inference_parameters, measure_latency, save_model_checkpoint
 from .per_type import PER_TYPE_METRICS, LearningCurve, PerDefectTypeMetrics
@@ -372,12 +373,18 @@ def write_results(rows: list[dict], config: dict, output: Path) -> None:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
+        **cpu_description(),
     }
-    summary = summarize(rows)
-    document = {"config": config, "environment": environment, "results": rows, "summary": summary}
+    write_document({"config": config, "environment": environment, "results": rows}, output)
+
+
+def write_document(document: dict, output: Path) -> None:
+    """Add the summary to ``document`` (config, environment, results); write it as JSON and its rows as CSV."""
+    output.mkdir(parents=True, exist_ok=True)
+    document["summary"] = summarize(document["results"])
     (output / "results.json").write_text(json.dumps(document, indent=2))
-    _write_csv(rows, output / "results.csv")
-    _write_csv(summary, output / "summary.csv")
+    _write_csv(document["results"], output / "results.csv")
+    _write_csv(document["summary"], output / "summary.csv")
 
 
 def _inference_options(args: argparse.Namespace) -> dict:

@@ -33,9 +33,7 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,6 +51,8 @@ from anomalib_rdx.inference import (
     serve_folder,
     throughput_inferencer,
 )
+
+from .cpu import cpu_description
 
 DEFAULT_IMAGES = SAMPLE_DATA_ROOT / "magnetic_tile" / "test"
 
@@ -87,21 +87,6 @@ def synchronous_predict_folder(inferencer: "OpenVINOInferencer", images: Path, o
             writer.writeheader()
             writer.writerows(rows)
     return rows
-
-
-def cpu_description() -> dict:
-    """CPU model name, the flags that decide OpenVINO's default precision, and the cores this process may use."""
-    description = {"model_name": platform.processor() or "unknown", "cores": len(os.sched_getaffinity(0))}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return description
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = fields.get("Flags", "").split()
-    description["model_name"] = fields.get("Model name", description["model_name"])
-    description["bf16_amx_flags"] = sorted(flag for flag in flags if "bf16" in flag or flag.startswith("amx"))
-    return description
 
 
 def build_folder(source: Path, destination: Path, count: int) -> list[Path]:
@@ -282,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{throughput['images']} images: synchronous {throughput['synchronous_images_per_s']} images/s, "
         f"asynchronous {throughput['asynchronous_images_per_s']} images/s, ratio {throughput['ratio']}x "
-        f"on {results['cpu']['model_name']} ({results['cpu']['cores']} cores)"
+        f"on {results['cpu']['cpu']} ({results['cpu']['cores']} cores)"
     )
 
 

@@ -39,21 +39,6 @@ VARIANTS = {
     "fp32": "32",
     "bf16-mixed": "bf16-mixed",
 }
-CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
-
-
-def cpu_description() -> dict:
-    """CPU model name and whether it has the bf16/AMX flags (Linux ``/proc/cpuinfo``)."""
-    name, flags = "unknown", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == "unknown":
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    return {"cpu": name, "cores": os.cpu_count(), **{flag: flag in flags for flag in CPU_FLAGS}}
 
 
 def _peak_rss_mib() -> float:
@@ -182,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     runs: list[tuple[str, Path, str | None]] = [(variant, PACKAGE_ROOT, VARIANTS[variant]) for variant in args.variants]
     if args.baseline_ref is not None:
         runs.append(("baseline", args.baseline_ref.resolve(), None))
+    # Imported here: the worker runs this file by path (runpy), where only the standard library may be imported.
+    from anomalib_rdx.benchmark.cpu import CPU_FLAGS, cpu_description
+
     cpu = cpu_description()
     print(json.dumps(cpu), flush=True)
     figures: dict[str, dict[str, list[dict]]] = {name: {label: [] for label, *_ in runs} for name in args.models}
