@@ -75,4 +75,5 @@ def test_compare_models_notebook_on_a_fresh_benchmark(tmp_path: Path, lite0_weig
     assert f"results from {output}" in text
     assert "skipped Stfpm: anomalib's Stfpm always downloads its teacher" in text
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # bar chart, ROC curves, accuracy-latency scatter, heat maps
+    # bar chart, ROC curves, per-type bars, learning curves, accuracy-latency scatter, heat maps
+    assert len(images) == 6
