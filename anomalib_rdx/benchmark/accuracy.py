@@ -8,17 +8,17 @@ Protocol, the same for every model:
       metrics are on the **whole test split**;
     - same teacher (backbone and weights file), image size, epochs and seed; final checkpoint (no
       selection on the test split);
-    - metrics: anomalib's image AUROC and F1, pixel AUROC and PRO (AUPRO up to 30% FPR), plus
-      training wall time, PyTorch inference latency per image at batch 1 and 16 with the peak memory of
-      that inference process (:mod:`anomalib_rdx.benchmark.measure`), and the parameters inference
-      needs.
+    - metrics: anomalib's image AUROC and F1, pixel AUROC and PRO (AUPRO up to 30% FPR), each also per
+      defect type, plus training and testing wall time (anomalib's ``TimerCallback``), PyTorch
+      inference latency per image at batch 1 and 16 with the peak memory of that inference process
+      (:mod:`anomalib_rdx.benchmark.measure`), and the parameters inference needs.
 
 Models: the package's four, their ablations, and anomalib's stock ``ReverseDistillation``, ``Stfpm``
 and ``Patchcore`` (:mod:`anomalib_rdx.benchmark.stock`); a model that cannot run in the setting gets a
 ``skipped`` row with the reason. Several ``--seeds`` add mean and standard deviation per model.
 
-Results go to ``<output>/results.json`` (rows, summary, configuration, versions), ``results.csv`` and
-``summary.csv``.
+Results go to ``<output>/results.json`` (rows, summary, configuration, versions, the CPU), ``results.csv``
+and ``summary.csv``; :mod:`anomalib_rdx.benchmark.merge` joins folders of models run in separate processes.
 
 Example:
     python -m anomalib_rdx.benchmark --root ../shared/data --category magnetic_tile \\
@@ -40,6 +40,7 @@ from typing import Any
 
 import anomalib
 import torch
+from anomalib.callbacks import TimerCallback
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
@@ -194,20 +195,69 @@ def benchmark_evaluator() -> Evaluator:
 
 
 class TestScoreRecorder(Callback):
-    """Keep every test image's path, label and raw score (``pred_score`` before the post-processor runs)."""
+    """Keep every test image's path, label, raw score and the score and label anomalib's post-processor gives it.
+
+    ``pred_score`` is the network's score (before normalisation); ``normalized_score`` and ``pred_label``
+    are what the model serves. A trainer callback sees a batch before the model's post-processor, so the
+    served values are read when the next batch arrives or the epoch ends.
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
+        self._pending: tuple[Any, list[dict]] | None = None
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
-        """Record the batch's scores."""
+        """Record the batch's raw scores; complete the previous batch with its served scores and labels."""
         del trainer, pl_module, args
-        for path, label, score in zip(outputs.image_path, outputs.gt_label, outputs.pred_score, strict=True):
-            self.rows.append({"image_path": str(path), "gt_label": int(label), "pred_score": float(score)})
+        self._complete_pending()
+        rows = [
+            {"image_path": str(path), "gt_label": int(label), "pred_score": float(score)}
+            for path, label, score in zip(outputs.image_path, outputs.gt_label, outputs.pred_score, strict=True)
+        ]
+        self.rows.extend(rows)
+        self._pending = (outputs, rows)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Complete the last batch."""
+        del trainer, pl_module
+        self._complete_pending()
+
+    def _complete_pending(self) -> None:
+        if self._pending is None:
+            return
+        (outputs, rows), self._pending = self._pending, None
+        labels = outputs.pred_label if outputs.pred_label is not None else [None] * len(rows)
+        for row, score, label in zip(rows, outputs.pred_score, labels, strict=True):
+            row["normalized_score"] = float(score)
+            row["pred_label"] = "" if label is None else int(bool(label))
 
     def write(self, path: Path) -> None:
         """Write the recorded scores as CSV."""
+        self._complete_pending()
         _write_csv(self.rows, path)
+
+
+class BenchmarkTimer(TimerCallback):
+    """Anomalib's :class:`~anomalib.callbacks.TimerCallback` that also keeps what it logs.
+
+    ``train_seconds`` is the wall-clock of ``fit`` (validation runs included, as in a ``max_time``
+    budget), ``test_seconds`` that of the last ``test``; both stay 0 for a phase that did not run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_seconds = 0.0
+        self.test_seconds = 0.0
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Keep the training time, then log it as anomalib does."""
+        self.train_seconds = time.time() - self.start
+        super().on_fit_end(trainer, pl_module)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Keep the testing time, then log it and the throughput as anomalib does."""
+        self.test_seconds = time.time() - self.start
+        super().on_test_end(trainer, pl_module)
 
 
 def benchmark_datamodule(config: BenchmarkConfig) -> MVTecAD:
@@ -245,7 +295,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         return {"model": name, "seed": config.seed, "status": "skipped", "reason": str(skipped)}
     folder = output / name / f"seed{config.seed}"
     recorder, per_type, learning_curve = TestScoreRecorder(), PerDefectTypeMetrics(), LearningCurve()
-    decisions = DecisionRecorder()
+    decisions, timer = DecisionRecorder(), BenchmarkTimer()
     budget = {"max_time": {"seconds": config.max_minutes * 60}} if config.max_minutes else {}
     validation = (
         {"val_check_interval": config.val_check_interval, "check_val_every_n_epoch": None}
@@ -253,7 +303,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         else {}
     )
     engine = Engine(
-        callbacks=[recorder, per_type, learning_curve, decisions],
+        callbacks=[recorder, per_type, learning_curve, decisions, timer],
         max_epochs=config.epochs if not config.max_minutes else -1,
         max_steps=config.max_steps,
         **budget,
@@ -264,16 +314,14 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         accelerator="auto",
         devices=1,
     )
-    start = time.perf_counter()
     if config.trained_checkpoint:  # inference switches change the maps: refit thresholds on validation
         engine.validate(model=model, datamodule=datamodule, verbose=False)
     else:
         engine.fit(model=model, datamodule=datamodule)
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
     (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
-    test_seconds = time.perf_counter() - start
-    decision_figures = decisions.metrics()  # now: a later re-test (MultiResolutionKD's gradient map) resets it
+    train_seconds, test_seconds = timer.train_seconds, timer.test_seconds  # before a re-test (MKD) resets them
+    # now: a later re-test (MultiResolutionKD's gradient map) resets them
+    decision_figures, per_type_figures = decisions.metrics(), per_type.compute()
     recorder.write(folder / "test_scores.csv")
     _write_csv(learning_curve.rows, folder / "learning_curve.csv")
     if config.trained_checkpoint:  # the evaluated model, switches included (its latency is measured)
@@ -299,7 +347,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         "seed": config.seed,
         "status": "ok",
         **{metric: float(metrics[metric]) for metric in METRICS},
-        **per_type.compute(),
+        **per_type_figures,
         **decision_figures,
         "train_seconds": round(train_seconds, 1),
         "train_steps": engine.trainer.global_step,
