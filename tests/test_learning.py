@@ -13,8 +13,22 @@ epochs on the same 100 training images). Its image score, the paper's whole-laye
 weakest of the four at this budget (0.596 on the 80 images above, where chance's spread is 0.065), so
 it is scored on the whole test split instead (191 good, 392 defective images: chance's spread is
 0.026) and must reach ``MKD_IMAGE_AUROC_BOUND`` = 0.60, four standard deviations above chance.
+
+Localisation, per defect type: pixel AUROC on the good test images plus one defect type (8 images of it
+in the held subset) must exceed chance at the one-sided 5% level. Pixels of one image are not
+independent, so chance is bounded at the image level: a map that marks whole images, not defects, ranks
+the defect pixels of 8 images against the normal pixels of 48 images, whose AUROC under chance has a
+standard deviation of sqrt((8 + 48 + 1) / (12 * 8 * 48)) = 0.111 (Mann-Whitney); the bound is 1.645 of
+them above 0.5, 0.683 (``PIXEL_AUROC_PER_TYPE_BOUND``). Measured here, the weakest of the four asserted
+types is ``crack`` for every model (0.726-0.837). ``uneven`` is not asserted: its masks cover about a
+quarter of the tile, and RDExpert (0.41) and AugmentedRD (0.51) localise it at or below chance,
+DualStudentKD (0.60) and MultiResolutionKD (0.69) little above; the README reports it (section "Every
+model under a 15-minute budget") instead of a test pretending.
+The papers' claims against plain reverse distillation are not asserted either: at this budget the
+differences are within what a different seed changes (README, "Every model under a 15-minute budget").
 """
 
+import math
 from pathlib import Path
 
 import pytest
@@ -27,15 +41,25 @@ from .conftest import SHARED_MAGNETIC_TILE, requires_shared_data
 pytestmark = [pytest.mark.slow, requires_shared_data]
 
 IMAGE_AUROC_BOUND = 0.65
-# Measured on the 2-core CI machine, seed 0: image AUROC, pixel AUROC, training seconds (one thread).
-# MultiResolutionKD's figures are on the whole test split (583 images), the others' on 80 held images.
+# Measured on a 2-core Intel Xeon (one thread, another job on the other core), seed 0: image AUROC, pixel
+# AUROC, training seconds. MultiResolutionKD's figures are on the whole test split (583 images), the others'
+# on 80 held images.
 MEASURED = {
-    "RDExpert": (0.698, 0.591, 224),
-    "AugmentedRD": (0.689, 0.695, 48),
-    "DualStudentKD": (0.701, 0.746, 98),
-    "MultiResolutionKD": (0.637, 0.708, 82),
+    "RDExpert": (0.686, 0.611, 156),
+    "AugmentedRD": (0.689, 0.695, 40),
+    "DualStudentKD": (0.681, 0.746, 57),
+    "MultiResolutionKD": (0.671, 0.723, 70),
 }
 MKD_IMAGE_AUROC_BOUND = 0.60
+
+
+def null_auroc_sigma(n_positive: int, n_negative: int) -> float:
+    """Standard deviation of the AUROC of scores unrelated to the labels (Mann-Whitney U)."""
+    return math.sqrt((n_positive + n_negative + 1) / (12 * n_positive * n_negative))
+
+
+PIXEL_AUROC_PER_TYPE_BOUND = 0.5 + 1.645 * null_auroc_sigma(8, 40 + 8)
+LOCALISED_TYPES = ("blowhole", "break", "crack", "fray")
 SETTINGS = {"MultiResolutionKD": {"image_size": 128, "layers": [1, 2, 3, 4], "epochs": 30}}
 
 
@@ -74,3 +98,11 @@ def test_image_auroc_clearly_above_chance(
     assert 0.0 <= row["pixel_AUROC"] <= 1.0
     assert 0.0 <= row["pixel_AUPRO"] <= 1.0
     assert row["image_AUROC"] >= (MKD_IMAGE_AUROC_BOUND if is_mkd else IMAGE_AUROC_BOUND)
+    localisation = {kind: row[f"{kind}_pixel_AUROC"] for kind in LOCALISED_TYPES}
+    assert min(localisation.values()) >= PIXEL_AUROC_PER_TYPE_BOUND, localisation
+
+
+def test_per_type_bound_is_the_one_sided_five_percent_level_of_chance() -> None:
+    assert null_auroc_sigma(1, 1) == pytest.approx(0.5)  # AUROC 0 or 1 with probability 1/2 each
+    assert null_auroc_sigma(8, 48) == pytest.approx(0.1111, abs=1e-4)
+    assert abs(PIXEL_AUROC_PER_TYPE_BOUND - 0.683) < 1e-3
