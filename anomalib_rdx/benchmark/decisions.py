@@ -304,20 +304,29 @@ def rank_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((greater + 0.5 * ties) / (positives.numel() * negatives.numel()))
 
 
-def compare_threshold_rules(name: str, config: Any, rates: list[float], output: Path) -> list[dict]:
+def compare_threshold_rules(
+    name: str, config: Any, rates: list[float], output: Path, checkpoint: Path | None = None
+) -> list[dict]:
     """Train ``name`` once under the benchmark protocol, then score each threshold rule on the test split.
 
     Rules: the false-reject-rate rule at each of ``rates``, the F1-adaptive rule on the synthetic
     validation anomalies (with normal-quantile scores) and anomalib's default post-processor, all
     calibrated on the validation split only; the all-defective rule and the
-    test-split oracle come with every row for reference.
+    test-split oracle come with every row for reference. With ``checkpoint`` (a benchmark run's, same
+    seed and validation ratio, so its validation images were held out of its training) nothing is
+    trained.
     """
     from anomalib.engine import Engine
 
-    from .accuracy import MODELS, benchmark_datamodule
+    from .accuracy import MODELS, benchmark_datamodule, load_benchmark_checkpoint, model_class
 
     datamodule = benchmark_datamodule(config)
-    model = MODELS[name](config)
+    if checkpoint is None:
+        model = MODELS[name](config)
+    else:
+        size = (config.image_size, config.image_size)  # the network is built at the pre-processor's size
+        pre_processor = model_class(name).configure_pre_processor(size)
+        model = load_benchmark_checkpoint(name, checkpoint, pre_processor=pre_processor)
     model.post_processor = None  # record raw outputs; each rule is applied afterwards
     model.evaluator = None
     recorder = RawOutputRecorder()
@@ -332,8 +341,9 @@ def compare_threshold_rules(name: str, config: Any, rates: list[float], output: 
         devices=1,
     )
     start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    train_seconds = time.perf_counter() - start
+    if checkpoint is None:
+        engine.fit(model=model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start if checkpoint is None else 0.0
     recorder.validation = []  # the last epoch's validation only
     engine.validate(model=model, datamodule=datamodule, verbose=False)
     engine.test(model=model, datamodule=datamodule, verbose=False)
@@ -363,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--rates", nargs="+", type=float, default=[0.02, 0.05, 0.1])
+    parser.add_argument(
+        "--trained-checkpoint", type=Path, default=None, help="a benchmark run's checkpoint of --model: no training"
+    )
     parser.add_argument("--output", type=Path, default=Path("results/threshold_rules"))
     args = parser.parse_args(argv)
     config = BenchmarkConfig(
@@ -373,7 +386,9 @@ def main(argv: list[str] | None = None) -> None:
         num_workers=args.num_workers,
         seed=args.seed,
     )
-    rows = compare_threshold_rules(args.model, config, args.rates, args.output)
+    if args.trained_checkpoint is not None and not args.trained_checkpoint.is_file():
+        parser.error(f"--trained-checkpoint {args.trained_checkpoint} is not a file")
+    rows = compare_threshold_rules(args.model, config, args.rates, args.output, args.trained_checkpoint)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / f"{args.model}.json").write_text(json.dumps(rows, indent=2))
     for row in rows:

@@ -143,7 +143,10 @@ def export_all(model: AnomalibModule, export_root: Path, datamodule: MVTecAD, im
 
 
 def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> dict[str, Callable]:
-    """``images (B, 3, H, W) -> (scores (B,), maps (B, h, w))`` for each runtime (``h, w``: the model's map size)."""
+    """``images (B, 3, H, W) -> (scores (B,), maps (B, h, w))`` for each artifact (``h, w``: the model's map size).
+
+    ``"torch"`` runs ``model`` itself (always included); every other entry is an OpenVINO IR (``.xml``).
+    """
     import openvino as ov
 
     core = ov.Core()
@@ -166,20 +169,23 @@ def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> di
 
         return predict
 
-    predictors = {"torch": torch_predict}
-    predictors.update({runtime: openvino_predict(artifacts[runtime]) for runtime in RUNTIMES[1:]})
-    return predictors
+    return {"torch": torch_predict} | {
+        runtime: openvino_predict(path) for runtime, path in artifacts.items() if runtime != "torch"
+    }
 
 
 def runtime_metrics(model: AnomalibModule, artifacts: dict[str, Path], batches: Iterable) -> dict[str, float]:
-    """Image and pixel AUROC (anomalib's metric) of each runtime on ``batches`` (test images, labels, masks).
+    """Image and pixel AUROC (anomalib's metric) of each artifact on ``batches`` (images, labels, masks).
+
+    ``artifacts`` maps a runtime name to an OpenVINO IR; ``model`` itself runs as ``"torch"``. The metrics
+    are named ``image_AUROC_<runtime>`` and ``pixel_AUROC_<runtime>``.
 
     Masks go through the model's own pre-processor (its resize, nearest for masks), so they match the
     maps, which are at the model's input size (MultiResolutionKD: 128x128).
     """
     predictors = _runtime_predictors(model, artifacts)
-    image_auroc = {runtime: AUROC(fields=["pred_score", "gt_label"]) for runtime in RUNTIMES}
-    pixel_auroc = {runtime: AUROC(fields=["anomaly_map", "gt_mask"]) for runtime in RUNTIMES}
+    image_auroc = {runtime: AUROC(fields=["pred_score", "gt_label"]) for runtime in predictors}
+    pixel_auroc = {runtime: AUROC(fields=["anomaly_map", "gt_mask"]) for runtime in predictors}
     for batch in batches:
         masks = model.pre_processor.transform(tv_tensors.Mask(batch.gt_mask))
         for runtime, predict in predictors.items():
@@ -190,7 +196,7 @@ def runtime_metrics(model: AnomalibModule, artifacts: dict[str, Path], batches: 
             )
             pixel_auroc[runtime].update(SimpleNamespace(anomaly_map=maps, gt_mask=masks.reshape(maps.shape).int()))
     metrics = {}
-    for runtime in RUNTIMES:
+    for runtime in predictors:
         metrics[f"image_AUROC_{runtime}"] = float(image_auroc[runtime].compute())
         metrics[f"pixel_AUROC_{runtime}"] = float(pixel_auroc[runtime].compute())
     return metrics
@@ -240,7 +246,8 @@ def run_one(
     return row
 
 
-def _checkpoint_argument(value: str) -> tuple[str, Path]:
+def checkpoint_argument(value: str) -> tuple[str, Path]:
+    """Parse a ``NAME=PATH`` command-line value; the file must exist."""
     name, _, path = value.partition("=")
     if not path or not Path(path).is_file():
         msg = f"--checkpoint expects NAME=PATH to an existing checkpoint file, got {value!r}."
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpoint",
         nargs="*",
         default=[],
-        type=_checkpoint_argument,
+        type=checkpoint_argument,
         help="NAME=PATH of trained package models (also measures AUROC per runtime)",
     )
     parser.add_argument("--root", default=defaults.root, help="parent folder of the MVTec-layout category folder")
