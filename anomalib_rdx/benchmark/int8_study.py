@@ -1,0 +1,191 @@
+r"""Which INT8 quantisation keeps a trained model's accuracy: chosen on synthetic validation, reported on test.
+
+``python -m anomalib_rdx.benchmark.int8_study --checkpoint RDExpert=<ckpt>`` exports the checkpoint to an
+OpenVINO FP32 IR once, quantises it with NNCF in several ways, all calibrated on held-out *training*
+images, and reports image and pixel AUROC of PyTorch, FP32 and every INT8 variant on
+
+- the **synthetic validation split** (anomalies made from held-out training images, the split the
+  benchmark trains beside): this is where a variant is chosen;
+- the **test split**, reported for the record only.
+
+Variants (``VARIANTS``):
+
+- ``plain``: NNCF's defaults, every quantisable operation in INT8 (anomalib's own ``INT8_PTQ``);
+- ``map_head``: the package's ``INT8_PTQ`` (:func:`anomalib_rdx.components.export.quantize_int8`): the
+  anomaly-map smoothing and everything after it stay FP32;
+- ``comparison``: also the feature comparison (what lies between the compared feature maps and the
+  smoothing: normalisation, products, sums, upsampling) and the convolutions that produce the compared
+  features;
+- ``mixed``: ``map_head`` with NNCF's ``MIXED`` preset (asymmetric activations, for activations that are
+  not centred on zero);
+- ``mixed_comparison``: both.
+
+OpenVINO runs at ``INFERENCE_PRECISION_HINT=f32`` (bf16 would add its own error).
+
+Example:
+    OMP_NUM_THREADS=2 python -m anomalib_rdx.benchmark.int8_study --root ../shared/data \\
+        --category magnetic_tile --checkpoint RDExpert=results/RDExpert/.../model.ckpt
+"""
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from anomalib.data import MVTecAD
+from anomalib.deploy import ExportType
+from anomalib.engine import Engine
+from torchvision.transforms.v2 import Resize
+
+from anomalib_rdx.components.export import map_head_nodes, map_smoothing_nodes
+
+from .accuracy import load_benchmark_checkpoint
+from .cpu import cpu_description
+from .deployment import DeploymentConfig, calibration_datamodule, checkpoint_argument, runtime_metrics
+
+logger = logging.getLogger(__name__)
+
+TRUNK_TYPES = {"Convolution", "GroupConvolution", "Parameter", "Constant"}
+
+
+def comparison_nodes(model: "openvino.Model") -> list[str]:  # noqa: F821
+    """Operations between the compared feature maps and the map smoothing, and the convolutions feeding them.
+
+    Walks upstream from the smoothing convolutions and stops at convolutions (kept, they produce the
+    compared features) and at tensors that the networks also use further on (a teacher level that feeds
+    the next block), so the walk never enters the networks' trunks.
+    """
+    smoothing = set(map_smoothing_nodes(model))
+    names: list[str] = []
+    frontier = [op for op in model.get_ops() if op.get_friendly_name() in smoothing]
+    seen = {op.get_friendly_name() for op in frontier}
+    while frontier:
+        op = frontier.pop()
+        for source in (value.get_source_output().get_node() for value in op.inputs()):
+            name = source.get_friendly_name()
+            if name in seen or source.get_type_name() in {"Parameter", "Constant"}:
+                continue
+            seen.add(name)
+            names.append(name)
+            consumers = [target.get_node() for out in source.outputs() for target in out.get_target_inputs()]
+            feeds_trunk = any(consumer.get_type_name() in TRUNK_TYPES for consumer in consumers)
+            if source.get_type_name() not in TRUNK_TYPES and not feeds_trunk:
+                frontier.append(source)
+    return names
+
+
+def _quantize(xml: Path, calibration: MVTecAD, ignore: Callable | None, preset: str | None) -> "openvino.Model":  # noqa: F821
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(xml)
+    ignored = ignore(model) if ignore else []
+    kwargs: dict = {"ignored_scope": nncf.IgnoredScope(names=ignored, validate=False)} if ignored else {}
+    if preset:
+        kwargs["preset"] = nncf.QuantizationPreset(preset)
+    dataset = nncf.Dataset(calibration.val_dataloader(), lambda batch: batch.image)
+    logger.info("quantising with %d operations kept in FP32, preset %s", len(ignored), preset or "default")
+    return nncf.quantize(model, dataset, **kwargs)
+
+
+VARIANTS: dict[str, tuple[Callable | None, str | None]] = {
+    "plain": (None, None),
+    "map_head": (map_head_nodes, None),
+    "comparison": (lambda model: map_head_nodes(model) + comparison_nodes(model), None),
+    "mixed": (map_head_nodes, "mixed"),
+    "mixed_comparison": (lambda model: map_head_nodes(model) + comparison_nodes(model), "mixed"),
+}
+
+
+def synthetic_validation(config: DeploymentConfig, seed: int = 0, ratio: float = 0.1) -> MVTecAD:
+    """Build the benchmark's synthetic validation split (same seed and ratio), resized to the IR's input size."""
+    datamodule = MVTecAD(
+        root=config.root,
+        category=config.category,
+        eval_batch_size=config.eval_batch_size,
+        num_workers=0,
+        augmentations=Resize((config.image_size, config.image_size), antialias=True),
+        val_split_mode="synthetic",
+        val_split_ratio=ratio,
+        seed=seed,
+    )
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    return datamodule
+
+
+def study(name: str, checkpoint: Path, config: DeploymentConfig, variants: list[str], workdir: Path) -> dict:
+    """Export ``checkpoint`` once, quantise it per variant; AUROC of every runtime on validation and test."""
+    import openvino as ov
+
+    model = load_benchmark_checkpoint(name, checkpoint)
+    size = (config.image_size, config.image_size)
+    engine = Engine(logger=False, default_root_dir=workdir, accelerator="cpu", devices=1)
+    fp32 = engine.export(model, ExportType.OPENVINO, export_root=workdir / "fp32", input_size=size)
+    calibration = calibration_datamodule(config)
+    calibration.setup("fit")
+    artifacts = {"openvino_fp32": fp32}
+    for variant in variants:
+        ignore, preset = VARIANTS[variant]
+        path = workdir / f"int8_{variant}.xml"
+        ov.save_model(_quantize(fp32, calibration, ignore, preset), path)
+        artifacts[f"int8_{variant}"] = path
+    evaluation = synthetic_validation(config)
+    previous = Path.cwd()
+    os.chdir(workdir)  # OpenVINO may write a cache in the working directory
+    try:
+        validation = runtime_metrics(model, artifacts, evaluation.val_dataloader())
+        test = runtime_metrics(model, artifacts, evaluation.test_dataloader())
+    finally:
+        os.chdir(previous)
+    return {
+        "model": name,
+        "checkpoint": str(checkpoint),
+        "calibration_images": len(calibration.val_data),
+        "validation_images": len(evaluation.val_data),
+        "test_images": len(evaluation.test_data),
+        "validation": validation,
+        "test": test,
+    }
+
+
+def _table(result: dict) -> str:
+    runtimes = [key.removeprefix("image_AUROC_") for key in result["validation"] if key.startswith("image_AUROC_")]
+    lines = ["runtime | val image | val pixel | test image | test pixel"]
+    for runtime in runtimes:
+        splits = ("validation", "test")
+        figures = [result[split][f"{level}_AUROC_{runtime}"] for split in splits for level in ("image", "pixel")]
+        lines.append(f"{runtime} | " + " | ".join(f"{value:.4f}" for value in figures))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    defaults = DeploymentConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m anomalib_rdx.benchmark.int8_study",
+        description="Compare INT8 quantisation variants of trained models on synthetic validation and test.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", nargs="+", required=True, type=checkpoint_argument, help="NAME=PATH")
+    parser.add_argument("--root", default=defaults.root, help="parent folder of the MVTec-layout category folder")
+    parser.add_argument("--category", default=defaults.category)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--output", type=Path, default=Path("results/int8_study.json"))
+    args = parser.parse_args(argv)
+    config = DeploymentConfig(root=args.root, category=args.category, image_size=args.image_size)
+    results = []
+    for name, checkpoint in args.checkpoint:
+        with tempfile.TemporaryDirectory() as scratch:
+            results.append(study(name, checkpoint, config, args.variants, Path(scratch)))
+        print(f"\n{name}\n{_table(results[-1])}")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({"cpu": cpu_description(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
