@@ -47,7 +47,6 @@ from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models import Patchcore, ReverseDistillation, Stfpm
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import LightningModule, Trainer, seed_everything
-from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
 import anomalib_rdx
@@ -57,6 +56,7 @@ from .cpu import cpu_description
 from .decisions import DecisionRecorder
 from .measure import DataAndTeacher, inference_parameters, measure_latency, save_model_checkpoint
 from .per_type import PER_TYPE_METRICS, LearningCurve, PerDefectTypeMetrics
+from .served import ServedTestBatches
 from .stock import PATCHCORE_CORESET_RATIO, ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
 
 logger = logging.getLogger(__name__)
@@ -194,46 +194,37 @@ def benchmark_evaluator() -> Evaluator:
     )
 
 
-class TestScoreRecorder(Callback):
+class TestScoreRecorder(ServedTestBatches):
     """Keep every test image's path, label, raw score and the score and label anomalib's post-processor gives it.
 
     ``pred_score`` is the network's score (before normalisation); ``normalized_score`` and ``pred_label``
-    are what the model serves. A trainer callback sees a batch before the model's post-processor, so the
-    served values are read when the next batch arrives or the epoch ends.
+    are what the model serves (read after the post-processor, see
+    :class:`~anomalib_rdx.benchmark.served.ServedTestBatches`).
     """
 
-    def __init__(self) -> None:
+    def reset(self) -> None:
+        """Start empty (one test run)."""
         self.rows: list[dict] = []
-        self._pending: tuple[Any, list[dict]] | None = None
+        self._arrived_rows: list[dict] = []
 
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
-        """Record the batch's raw scores; complete the previous batch with its served scores and labels."""
-        del trainer, pl_module, args
-        self._complete_pending()
-        rows = [
+    def arrived(self, outputs: Any) -> None:
+        """Record the batch's raw scores."""
+        self._arrived_rows = [
             {"image_path": str(path), "gt_label": int(label), "pred_score": float(score)}
             for path, label, score in zip(outputs.image_path, outputs.gt_label, outputs.pred_score, strict=True)
         ]
-        self.rows.extend(rows)
-        self._pending = (outputs, rows)
+        self.rows.extend(self._arrived_rows)
 
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Complete the last batch."""
-        del trainer, pl_module
-        self._complete_pending()
-
-    def _complete_pending(self) -> None:
-        if self._pending is None:
-            return
-        (outputs, rows), self._pending = self._pending, None
-        labels = outputs.pred_label if outputs.pred_label is not None else [None] * len(rows)
-        for row, score, label in zip(rows, outputs.pred_score, labels, strict=True):
+    def read(self, outputs: Any) -> None:
+        """Complete the batch's rows with its served scores and labels."""
+        labels = outputs.pred_label if outputs.pred_label is not None else [None] * len(self._arrived_rows)
+        for row, score, label in zip(self._arrived_rows, outputs.pred_score, labels, strict=True):
             row["normalized_score"] = float(score)
             row["pred_label"] = "" if label is None else int(bool(label))
 
     def write(self, path: Path) -> None:
         """Write the recorded scores as CSV."""
-        self._complete_pending()
+        self.flush()
         _write_csv(self.rows, path)
 
 

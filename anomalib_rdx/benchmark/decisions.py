@@ -32,6 +32,8 @@ from lightning.pytorch.callbacks import Callback
 
 from anomalib_rdx.components.post_processing import NormalQuantilePostProcessor
 
+from .served import ServedTestBatches
+
 
 def pixel_threshold_grid() -> torch.Tensor:
     """Candidate thresholds for the pixel oracle on normalised maps in ``[0, 1]``.
@@ -174,48 +176,24 @@ def pixel_decisions(counts: PixelCounts) -> dict[str, float]:
     }
 
 
-class DecisionRecorder(Callback):
+class DecisionRecorder(ServedTestBatches):
     """Record, during ``Engine.test``, what :func:`image_decisions` and :func:`pixel_decisions` read.
 
-    Lightning runs a trainer's callbacks before the model's own (anomalib's post-processor is one), so at
-    ``on_test_batch_end`` a batch is not yet thresholded nor normalised. The recorder keeps the batch and
-    reads it when the next one starts (or the epoch ends), after the post-processor has updated it.
+    Labels, scores and masks are read as served (after anomalib's post-processor, see
+    :class:`~anomalib_rdx.benchmark.served.ServedTestBatches`).
     """
 
-    def __init__(self) -> None:
+    def reset(self) -> None:
+        """Start empty (one recorder per test run)."""
         self.rows: list[dict] = []
         self.pixels = PixelCounts()
-        self._pending: Any = None
 
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start empty (one recorder per test run)."""
-        del trainer, pl_module
-        self.rows = []
-        self.pixels = PixelCounts()
-        self._pending = None
-
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
-        """Keep the batch until the post-processor has labelled it."""
-        del trainer, pl_module, args
-        self._record_pending()
-        self._pending = outputs
-
-    def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        """Read the previous batch, post-processed by now."""
-        del trainer, pl_module, args
-        self._record_pending()
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Read the last batch."""
-        del trainer, pl_module
-        self._record_pending()
-
-    def _record_pending(self) -> None:
-        batch, self._pending = self._pending, None
-        if batch is None:
-            return
-        flags = batch.pred_label if batch.pred_label is not None else [None] * len(batch.gt_label)
-        for path, label, score, flag in zip(batch.image_path, batch.gt_label, batch.pred_score, flags, strict=True):
+    def read(self, outputs: Any) -> None:
+        """Record the served labels and scores, and the pixel counts of the served masks."""
+        flags = outputs.pred_label if outputs.pred_label is not None else [None] * len(outputs.gt_label)
+        for path, label, score, flag in zip(
+            outputs.image_path, outputs.gt_label, outputs.pred_score, flags, strict=True
+        ):
             self.rows.append(
                 {
                     "image_path": str(path),
@@ -224,12 +202,12 @@ class DecisionRecorder(Callback):
                     "pred_label": None if flag is None else int(bool(flag)),
                 }
             )
-        if batch.anomaly_map is not None and batch.gt_mask is not None:
-            self.pixels.update(batch.anomaly_map, batch.gt_mask, batch.pred_mask)
+        if outputs.anomaly_map is not None and outputs.gt_mask is not None:
+            self.pixels.update(outputs.anomaly_map, outputs.gt_mask, outputs.pred_mask)
 
     def metrics(self) -> dict[str, float]:
         """Image and pixel decision figures of the recorded test run (pixel ones when masks were seen)."""
-        self._record_pending()
+        self.flush()
         figures = image_decisions(self.rows)
         if self.pixels.defect_pixels:
             figures |= pixel_decisions(self.pixels)

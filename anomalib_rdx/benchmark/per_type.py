@@ -21,6 +21,8 @@ from anomalib.metrics.base import AnomalibMetric
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 
+from .served import ServedTestBatches
+
 GOOD = "good"
 PER_TYPE_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 
@@ -43,47 +45,24 @@ def _subset(batch: Any, indices: list[int]) -> SimpleNamespace:
     return SimpleNamespace(**fields)
 
 
-class PerDefectTypeMetrics(Callback):
+class PerDefectTypeMetrics(ServedTestBatches):
     """Image AUROC, pixel AUROC and PRO (AUPRO to 30% FPR) of the test split, per defect type.
 
-    The metrics read each batch *after* the model's post-processor has normalised it, as anomalib's
-    Evaluator does for the pooled metrics: a trainer callback sees a batch before the model's own
-    callbacks (post-processor, evaluator), so a batch is read when the next one arrives or the test
-    epoch ends. Raw outputs would not do: anomalib's AUROC passes scores outside [0, 1] through a
-    sigmoid, per update, which saturates large raw scores (PatchCore's distances all became 1.0) and
-    treats batches differently.
+    The metrics read each batch as served, after the model's post-processor has normalised it (see
+    :class:`~anomalib_rdx.benchmark.served.ServedTestBatches`), as anomalib's Evaluator does for the pooled
+    metrics. Raw outputs would not do: anomalib's AUROC passes scores outside [0, 1] through a sigmoid,
+    per update, which saturates large raw scores (PatchCore's distances all became 1.0) and can treat
+    batches differently.
     """
 
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
+    def reset(self) -> None:
+        """Start from empty metrics (one test run)."""
         self.metrics: dict[str, dict[str, AnomalibMetric]] = {}
         self.counts: dict[str, int] = {}
         self._good: list[SimpleNamespace] = []
-        self._pending: Any = None
 
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start from empty metrics: each test run is measured on its own."""
-        del trainer, pl_module
-        self._reset()
-
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
-        """Read the previous batch (post-processed by now); keep this one until then."""
-        del trainer, pl_module, args
-        self._read_pending()
-        self._pending = outputs
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Read the last batch."""
-        del trainer, pl_module
-        self._read_pending()
-
-    def _read_pending(self) -> None:
-        """Add the kept batch's images to the metrics of their defect type (good images: to every type)."""
-        outputs, self._pending = self._pending, None
-        if outputs is None:
-            return
+    def read(self, outputs: Any) -> None:
+        """Add the batch's images to the metrics of their defect type (good images: to every type)."""
         by_type: dict[str, list[int]] = {}
         for index, path in enumerate(outputs.image_path):
             by_type.setdefault(Path(path).parent.name, []).append(index)
