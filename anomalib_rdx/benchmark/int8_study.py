@@ -42,7 +42,7 @@ from torchvision.transforms.v2 import Resize
 
 from anomalib_rdx.components.export import map_head_nodes, map_smoothing_nodes
 
-from .accuracy import load_benchmark_checkpoint, model_class
+from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_class
 from .cpu import cpu_description
 from .deployment import DeploymentConfig, calibration_datamodule, checkpoint_argument, runtime_metrics
 
@@ -100,8 +100,13 @@ VARIANTS: dict[str, tuple[Callable | None, str | None]] = {
 }
 
 
-def synthetic_validation(config: DeploymentConfig, seed: int = 0, ratio: float = 0.1) -> MVTecAD:
-    """Build the benchmark's synthetic validation split (same seed and ratio), resized to the IR's input size."""
+def synthetic_validation(config: DeploymentConfig) -> MVTecAD:
+    """Build the benchmark's synthetic validation split (its seed and ratio), resized to the IR's input size.
+
+    The split is the one ``python -m anomalib_rdx.benchmark`` trains beside, so its images were held out of
+    the checkpoint's training.
+    """
+    protocol = BenchmarkConfig()
     datamodule = MVTecAD(
         root=config.root,
         category=config.category,
@@ -109,8 +114,8 @@ def synthetic_validation(config: DeploymentConfig, seed: int = 0, ratio: float =
         num_workers=0,
         augmentations=Resize((config.image_size, config.image_size), antialias=True),
         val_split_mode="synthetic",
-        val_split_ratio=ratio,
-        seed=seed,
+        val_split_ratio=protocol.val_split_ratio,
+        seed=protocol.seed,
     )
     datamodule.setup("fit")
     datamodule.setup("test")
