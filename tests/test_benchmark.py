@@ -10,7 +10,8 @@ import pytest
 import torch
 from anomalib.metrics import AUROC
 
-from anomalib_rdx.benchmark.accuracy import COST_COLUMNS, METRICS, main
+from anomalib_rdx.benchmark import accuracy
+from anomalib_rdx.benchmark.accuracy import COST_COLUMNS, METRICS, BenchmarkConfig, main
 from anomalib_rdx.benchmark.per_type import PER_TYPE_METRICS
 from anomalib_rdx.data import make_mvtec_subset
 
@@ -156,3 +157,22 @@ def test_trained_checkpoint_is_evaluated_without_training(benchmark_output: Path
     assert json.loads((root / "padded" / "results.json").read_text())["config"]["inference_options"] == {
         "border_padding": 16
     }
+
+
+def test_model_arguments_reach_the_models_that_take_them(lite0_weights: Path) -> None:
+    """``--model-arg`` sets a constructor argument of the models that take it; a typo is refused by name."""
+    config = BenchmarkConfig(backbone_weights=str(lite0_weights), image_size=64, model_options={"teacher_lr": 1e-5})
+    assert accuracy.MODELS["RDExpert"](config).teacher_lr == 1e-5
+    assert "teacher_lr" not in accuracy.MODELS["AugmentedRD"](config).hparams  # not one of its arguments: left out
+    with pytest.raises(SystemExit):
+        main(["--models", "RDExpert", "--model-arg", "teacher_lrr=1e-5"])
+    with pytest.raises(SystemExit):
+        main(["--models", "RDExpert", "--model-arg", "teacher_lr"])
+
+
+def test_model_argument_values_are_typed() -> None:
+    assert accuracy._model_argument("teacher_lr=1e-5") == ("teacher_lr", 1e-5)  # YAML alone reads a string
+    assert accuracy._model_argument("top_k_share=0.05") == ("top_k_share", 0.05)
+    assert accuracy._model_argument("border_padding=16") == ("border_padding", 16)
+    assert accuracy._model_argument("use_expert=false") == ("use_expert", False)
+    assert accuracy._model_argument("gii_mode=off") == ("gii_mode", "off")

@@ -79,7 +79,8 @@ def test_post_pool_rule_on_another_family_and_unknown_backbone() -> None:
 
 
 @pytest.mark.parametrize(
-    ("argument", "value"), [("score_layers", "first3"), ("layer_positions", "mid_pool"), ("gradient_recipe", "x")]
+    ("argument", "value"),
+    [("score_layers", "first3"), ("layer_positions", "mid_pool"), ("gradient_recipe", "x"), ("image_score", "mean")],
 )
 def test_invalid_switches_name_the_argument(argument: str, value: str) -> None:
     with pytest.raises(ValueError, match=argument):
@@ -118,6 +119,22 @@ def test_image_score_uses_the_configured_layers(
     assert not torch.allclose(output.pred_score, per_image_discrepancy(expert[other], cloner[other], 0.5))
     assert output.anomaly_map.shape == (4, 1, 64, 64)
     assert torch.isfinite(output.anomaly_map).all()
+
+
+@pytest.mark.parametrize("image_score", ["max", "top_k_mean"])
+def test_image_score_from_the_forward_map(lite0_teacher: dict, sample_images: torch.Tensor, image_score: str) -> None:
+    model = _model(lite0_teacher, image_score=image_score).eval()
+    assert model.hparams.image_score == image_score
+    with torch.no_grad():
+        output = model.model(sample_images)
+        paper = _model(lite0_teacher)
+        paper.model.load_state_dict(model.model.state_dict())
+        paper_output = paper.eval().model(sample_images)
+    flat = output.anomaly_map.flatten(1)
+    top = flat.amax(dim=1) if image_score == "max" else flat.topk(round(0.01 * flat.shape[1]), dim=1).values.mean(1)
+    assert torch.allclose(output.pred_score.flatten(), top)
+    assert torch.equal(output.anomaly_map, paper_output.anomaly_map)  # the map does not depend on the score
+    assert not torch.allclose(output.pred_score.flatten(), paper_output.pred_score.flatten())
 
 
 def test_training_mode_returns_every_compared_layer(lite0_teacher: dict, sample_images: torch.Tensor) -> None:

@@ -82,6 +82,9 @@ class BenchmarkConfig(DataAndTeacher):
     patchcore_coreset_ratio: float = PATCHCORE_CORESET_RATIO
     inference_options: dict = field(default_factory=dict)
     """Inference switches given to every package model (``border_padding``, ``image_score``, ...)."""
+    model_options: dict = field(default_factory=dict)
+    """Other constructor arguments (``--model-arg``, e.g. ``teacher_lr``) given to every model that accepts
+    them, for ablations and recipe studies; the models' defaults otherwise."""
     trained_checkpoint: str | None = None
     """Evaluate this checkpoint (with ``inference_options`` as overrides) instead of training."""
 
@@ -98,7 +101,8 @@ def _teacher_kwargs(config: BenchmarkConfig) -> dict:
 def _build(model_class: type[AnomalibModule], config: BenchmarkConfig, **overrides: object) -> AnomalibModule:
     size = (config.image_size, config.image_size)
     accepted = inspect.signature(model_class).parameters
-    options = {key: value for key, value in config.inference_options.items() if key in accepted}
+    chosen = config.model_options | config.inference_options
+    options = {key: value for key, value in chosen.items() if key in accepted}
     return model_class(
         **_teacher_kwargs(config),
         **options,
@@ -431,11 +435,36 @@ def _inference_options(args: argparse.Namespace) -> dict:
     options: dict = {}
     if args.border_padding:
         options["border_padding"] = args.border_padding
-    if args.image_score != "max":
+    if args.image_score is not None:
         options["image_score"] = args.image_score
     if args.map_reference is not None:
         options["map_reference"] = args.map_reference
     return options
+
+
+def _model_argument(value: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--model-arg``: an int, a float, ``true``/``false``, ``none``, else the text itself.
+
+    Not YAML: YAML 1.1 reads ``off`` (a ``gii_mode``) as ``False`` and ``1e-5`` as a string.
+    """
+    key, separator, text = value.partition("=")
+    if not separator or not key.isidentifier():
+        msg = f"--model-arg expects KEY=VALUE with a constructor argument name as KEY, got {value!r}."
+        raise argparse.ArgumentTypeError(msg)
+    for number in (int, float):
+        try:
+            return key, number(text)
+        except ValueError:
+            pass
+    words = {"true": True, "false": False, "none": None}
+    return key, words.get(text.lower(), text)
+
+
+def _check_model_arguments(parser: argparse.ArgumentParser, options: dict, names: list[str]) -> None:
+    """Refuse a ``--model-arg`` that none of the chosen models accepts (a typo would otherwise be ignored)."""
+    for key in options:
+        if not any(key in inspect.signature(model_class(name)).parameters for name in names):
+            parser.error(f"--model-arg {key}: none of the models {names} takes an argument named {key!r}.")
 
 
 def _data_folder(value: str) -> tuple[str, str]:
@@ -512,9 +541,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--image-score",
-        choices=["max", "top_k_mean"],
-        default="max",
-        help="package RD-family models: image score from the map (max: the papers')",
+        choices=["max", "top_k_mean", "discrepancy"],
+        default=None,
+        help="package models: image score (max or top_k_mean of the map; MultiResolutionKD also discrepancy, "
+        "its paper's); default: each model's",
     )
     parser.add_argument(
         "--map-reference",
@@ -529,8 +559,18 @@ def main(argv: list[str] | None = None) -> None:
         help="evaluate this checkpoint of the one --models entry (no training), with the inference switches "
         "above as overrides; thresholds are refitted on the validation split",
     )
+    parser.add_argument(
+        "--model-arg",
+        type=_model_argument,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor argument for every chosen model that takes it (repeatable), e.g. teacher_lr=1e-5",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="results folder")
     args = parser.parse_args(argv)
+    model_options = dict(args.model_arg)
+    _check_model_arguments(parser, model_options, args.models)
     root, category = args.data if args.data else (args.root, args.category)
     rows: list[dict] = []
     runs = [(seed, name) for seed in args.seeds for name in args.models]
@@ -551,6 +591,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=seed,
             patchcore_coreset_ratio=args.patchcore_coreset_ratio,
             inference_options=_inference_options(args),
+            model_options=model_options,
             trained_checkpoint=args.trained_checkpoint,
         )
         rows.append(run_one(name, config, args.output))

@@ -44,7 +44,7 @@ from anomalib_rdx.components.precision import channels_last
 from .anomaly_map import GradientRecipe
 from .layers import LayerPositions
 from .loss import MultiresolutionDistillationLoss
-from .torch_model import Localization, MultiResolutionKDModel, ScoreLayers
+from .torch_model import Localization, MKDImageScore, MultiResolutionKDModel, ScoreLayers
 
 PAPER_IMAGE_SIZE = (128, 128)
 
@@ -69,6 +69,9 @@ class MultiResolutionKD(DistillationModule):
         lr: Adam learning rate of the cloner. Defaults to ``1e-3`` (authors' code).
         localization: Anomaly map of inference (see the module docstring). Defaults to ``"forward"``.
         gradient_recipe: ``"official"`` (default) or ``"raw"`` gradient maps (see ``anomaly_map``).
+        image_score: ``"discrepancy"`` (the paper's whole-image loss, default) or ``"max"`` /
+            ``"top_k_mean"`` of the forward discrepancy map.
+        top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         pre_processor: Pre-processor; must resize and must not normalise. Default: 128x128.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -90,6 +93,8 @@ class MultiResolutionKD(DistillationModule):
         lr: float = 1e-3,
         localization: Localization = "forward",
         gradient_recipe: GradientRecipe = "official",
+        image_score: MKDImageScore = "discrepancy",
+        top_k_share: float = 0.01,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -116,6 +121,8 @@ class MultiResolutionKD(DistillationModule):
             width_divisor=width_divisor,
             convs_per_step=convs_per_step,
             mse_weight=mse_weight,
+            image_score=image_score,
+            top_k_share=top_k_share,
         )
         self.loss = MultiresolutionDistillationLoss(mse_weight)
 

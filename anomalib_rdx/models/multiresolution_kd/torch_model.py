@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_rdx.components import build_feature_extractor, check_input_size
-from anomalib_rdx.components.network import DistillationNetwork
+from anomalib_rdx.components.network import IMAGE_SCORES, DistillationNetwork
 
 from .anomaly_map import GRADIENT_METHODS, GRADIENT_RECIPES, DiscrepancyMapGenerator, GradientRecipe, gradient_map
 from .cloner import Cloner
@@ -34,8 +34,10 @@ from .loss import per_image_discrepancy
 
 Localization = Literal["forward", "gradient", "smoothgrad", "guided"]
 ScoreLayers = Literal["all", "last3"]
+MKDImageScore = Literal["discrepancy", "max", "top_k_mean"]
 LOCALIZATIONS = ("forward", *GRADIENT_METHODS)
 SCORE_LAYERS = ("all", "last3")
+MKD_IMAGE_SCORES = ("discrepancy", *IMAGE_SCORES)
 
 
 class MultiResolutionKDModel(DistillationNetwork):
@@ -61,6 +63,11 @@ class MultiResolutionKDModel(DistillationNetwork):
         width_divisor: Cloner width reduction (see :class:`Cloner`).
         convs_per_step: Cloner convolutions per halving of the resolution (see :class:`Cloner`).
         mse_weight: ``lambda`` of the MSE term in loss, score and forward map.
+        image_score: ``"discrepancy"`` (the paper's: the loss over the scored layers, averaged over the
+            whole image) or a score read from the forward discrepancy map, ``"max"`` or ``"top_k_mean"``
+            (see :func:`~anomalib_rdx.components.network.image_score_from_map`). An image average dilutes a
+            small defect among the normal pixels around it; the map's maximum does not.
+        top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
     """
 
     def __init__(
@@ -78,8 +85,15 @@ class MultiResolutionKDModel(DistillationNetwork):
         width_divisor: int = 2,
         convs_per_step: int = 2,
         mse_weight: float = 0.5,
+        image_score: MKDImageScore = "discrepancy",
+        top_k_share: float = 0.01,
     ) -> None:
-        super().__init__(input_size)
+        if image_score not in MKD_IMAGE_SCORES:
+            msg = f"image_score must be one of {MKD_IMAGE_SCORES}, got {image_score!r}."
+            raise ValueError(msg)
+        map_score = "max" if image_score == "discrepancy" else image_score
+        super().__init__(input_size, image_score=map_score, top_k_share=top_k_share)
+        self.score_from_discrepancy = image_score == "discrepancy"
         if score_layers not in SCORE_LAYERS:
             msg = f"score_layers must be one of {SCORE_LAYERS}, got {score_layers!r}."
             raise ValueError(msg)
@@ -134,8 +148,9 @@ class MultiResolutionKDModel(DistillationNetwork):
     def image_score_of(
         self, features: tuple[list[torch.Tensor], list[torch.Tensor]], anomaly_map: torch.Tensor
     ) -> torch.Tensor:
-        """Score as the paper: per-image discrepancy (cosine + lambda MSE) over the scored layers."""
-        del anomaly_map
+        """Per-image discrepancy (cosine + lambda MSE) over the scored layers (the paper), or from the map."""
+        if not self.score_from_discrepancy:
+            return super().image_score_of(features, anomaly_map)
         expert, cloner = features
         return per_image_discrepancy(self._scored(expert), self._scored(cloner), self.mse_weight)
 
