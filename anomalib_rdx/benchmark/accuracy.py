@@ -50,6 +50,7 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from tqdm import tqdm
 
 import anomalib_rdx
+from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.components.checkpoint import load_checkpoint
 
 from .cpu import cpu_description
@@ -181,13 +182,14 @@ def load_benchmark_checkpoint(name: str, path: Path, **overrides: object) -> Ano
 def benchmark_evaluator() -> Evaluator:
     """Anomalib's default test metrics plus PRO (AUPRO up to 30% false-positive rate); AUROCs on validation.
 
-    The validation metrics (``val_`` prefix: synthetic anomalies of held-out training images) feed the
-    learning curve (:class:`~anomalib_rdx.benchmark.per_type.LearningCurve`).
+    The validation metrics (``val_`` prefix: synthetic anomalies of held-out training images) read the
+    networks' raw scores, hence :class:`~anomalib_rdx.components.ScoreAUROC`; they feed the learning
+    curve (:class:`~anomalib_rdx.benchmark.per_type.LearningCurve`).
     """
     return Evaluator(
         val_metrics=[
-            AUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
+            ScoreAUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
+            ScoreAUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
         ],
         test_metrics=[
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),

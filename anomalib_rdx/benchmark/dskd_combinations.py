@@ -16,9 +16,10 @@ from pathlib import Path
 
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from anomalib.metrics import AUROC, Evaluator
+from anomalib.metrics import Evaluator
 from lightning.pytorch import seed_everything
 
+from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.data import make_mvtec_subset
 from anomalib_rdx.models.dual_student_kd import DualStudentKD
 
@@ -27,11 +28,11 @@ STUDENT_COMBINATIONS = ("mean", "max", "multiply")
 
 
 def validation_evaluator() -> Evaluator:
-    """Image and pixel AUROC on the validation split."""
+    """Image and pixel AUROC on the validation split (of raw scores: :class:`ScoreAUROC`)."""
     return Evaluator(
         val_metrics=[
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
+            ScoreAUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            ScoreAUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
         ],
     )
 

@@ -21,11 +21,11 @@ from types import SimpleNamespace
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from anomalib.metrics import AUROC
 from lightning.pytorch import seed_everything
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
+from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.models.multiresolution_kd import MultiResolutionKD
 
 RECIPES = {
@@ -42,10 +42,9 @@ INFERENCE_VARIANTS = {
 
 
 def _auroc(scores: torch.Tensor, labels: torch.Tensor, field: str) -> float:
-    """Anomalib's AUROC of raw scores, min-max scaled first (torchmetrics reads values outside [0, 1] as logits)."""
-    scaled = (scores - scores.min()) / (scores.max() - scores.min()).clamp(min=torch.finfo(scores.dtype).tiny)
-    metric = AUROC(fields=[field, "label"], strict=False)
-    metric.update(SimpleNamespace(**{field: scaled, "label": labels}))
+    """AUROC of raw scores (:class:`ScoreAUROC`: torchmetrics would read values outside [0, 1] as logits)."""
+    metric = ScoreAUROC(fields=[field, "label"], strict=False)
+    metric.update(SimpleNamespace(**{field: scores, "label": labels}))
     return float(metric.compute())
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from anomalib.metrics import AUROC, Evaluator
+from anomalib.metrics import Evaluator
 from lightning.pytorch import seed_everything
 
 import anomalib_rdx
+from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.data import SAMPLE_DATA_ROOT, make_mvtec_subset
 
 MODELS = ["RDExpert", "AugmentedRD", "DualStudentKD", "MultiResolutionKD"]
@@ -28,10 +29,10 @@ PRECISIONS = ["32", "bf16-mixed"]
 
 
 def _evaluator() -> Evaluator:
-    def metrics(prefix: str) -> list[AUROC]:
+    def metrics(prefix: str) -> list[ScoreAUROC]:
         return [
-            AUROC(fields=["pred_score", "gt_label"], prefix=f"{prefix}image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix=f"{prefix}pixel_", strict=False),
+            ScoreAUROC(fields=["pred_score", "gt_label"], prefix=f"{prefix}image_"),
+            ScoreAUROC(fields=["anomaly_map", "gt_mask"], prefix=f"{prefix}pixel_", strict=False),
         ]
 
     return Evaluator(val_metrics=metrics("val_"), test_metrics=metrics("test_"))

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from anomalib.metrics import AUROC
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
+
+from anomalib_rdx.components import ScoreAUROC
 
 from .accuracy import BenchmarkConfig, load_benchmark_checkpoint
 
@@ -72,7 +73,7 @@ def border_profile(maps: torch.Tensor) -> dict[str, float]:
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Compute anomalib's AUROC of ``scores`` against binary ``labels``."""
-    metric = AUROC(fields=["pred_score", "gt_label"])
+    metric = ScoreAUROC(fields=["pred_score", "gt_label"])
     metric.update(SimpleNamespace(pred_score=scores.flatten(), gt_label=labels.flatten()))
     return round(float(metric.compute()), 4)
 

@@ -4,6 +4,7 @@ from .backbone import BackboneError, FeaturePyramid, build_feature_extractor, de
 from .base import DistillationModule
 from .decoder import PyramidBottleneck, PyramidDecoder, StagedDecoder, build_student, check_input_size
 from .losses import flat_cosine_distance, pixel_cosine_distance, pixel_cosine_distance_maps
+from .metrics import ScoreAUROC
 from .normalization import ImageNetNormalization
 from .post_processing import NoNormalValidationImagesError, NormalQuantilePostProcessor
 from .weights import WeightsMismatchError, load_backbone_weights, resolve_weights_path
@@ -17,6 +18,7 @@ __all__ = [
     "NormalQuantilePostProcessor",
     "PyramidBottleneck",
     "PyramidDecoder",
+    "ScoreAUROC",
     "StagedDecoder",
     "WeightsMismatchError",
     "build_feature_extractor",
