@@ -171,8 +171,10 @@ def test_model_arguments_reach_the_models_that_take_them(lite0_weights: Path) ->
 
 
 def test_model_argument_values_are_typed() -> None:
-    assert accuracy._model_argument("teacher_lr=1e-5") == ("teacher_lr", 1e-5)  # YAML alone reads a string
-    assert accuracy._model_argument("top_k_share=0.05") == ("top_k_share", 0.05)
-    assert accuracy._model_argument("border_padding=16") == ("border_padding", 16)
-    assert accuracy._model_argument("use_expert=false") == ("use_expert", False)
-    assert accuracy._model_argument("gii_mode=off") == ("gii_mode", "off")
+    assert accuracy.model_argument("teacher_lr=1e-5") == ("teacher_lr", 1e-5)  # YAML would read a string
+    assert accuracy.model_argument("betas=(0.9, 0.999)") == ("betas", (0.9, 0.999))
+    assert accuracy.model_argument("top_k_share=0.05") == ("top_k_share", 0.05)
+    assert accuracy.model_argument("border_padding=16") == ("border_padding", 16)
+    assert accuracy.model_argument("use_expert=false") == ("use_expert", False)
+    assert accuracy.model_argument("use_expert=False") == ("use_expert", False)
+    assert accuracy.model_argument("gii_mode=off") == ("gii_mode", "off")

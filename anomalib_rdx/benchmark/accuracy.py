@@ -26,6 +26,7 @@ Example:
 """
 
 import argparse
+import ast
 import csv
 import inspect
 import json
@@ -444,22 +445,24 @@ def _inference_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _model_argument(value: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--model-arg``: an int, a float, ``true``/``false``, ``none``, else the text itself.
+def model_argument(value: str, option: str = "--model-arg") -> tuple[str, object]:
+    """``KEY=VALUE`` of a constructor argument given on the command line.
 
-    Not YAML: YAML 1.1 reads ``off`` (a ``gii_mode``) as ``False`` and ``1e-5`` as a string.
+    The value is ``true``/``false``/``none`` in any case, else a Python literal (``1e-5``, ``16``,
+    ``(0.5, 0.999)``), else the text itself (``off``, ``expert``). Not YAML: YAML 1.1 reads ``off`` (a
+    ``gii_mode``) as ``False`` and ``1e-5`` as a string.
     """
     key, separator, text = value.partition("=")
     if not separator or not key.isidentifier():
-        msg = f"--model-arg expects KEY=VALUE with a constructor argument name as KEY, got {value!r}."
+        msg = f"{option} expects KEY=VALUE with a constructor argument name as KEY, got {value!r}."
         raise argparse.ArgumentTypeError(msg)
-    for number in (int, float):
-        try:
-            return key, number(text)
-        except ValueError:
-            pass
     words = {"true": True, "false": False, "none": None}
-    return key, words.get(text.lower(), text)
+    if text.lower() in words:
+        return key, words[text.lower()]
+    try:
+        return key, ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return key, text
 
 
 def _check_model_arguments(parser: argparse.ArgumentParser, options: dict, names: list[str]) -> None:
@@ -563,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--model-arg",
-        type=_model_argument,
+        type=model_argument,
         action="append",
         default=[],
         metavar="KEY=VALUE",

@@ -6,14 +6,13 @@ The validation split is the benchmark's (same seed and ratio): held-out training
 synthetic anomalies and masks. The test split is never read. For the checkpoint's raw anomaly maps it
 prints
 
-- image AUROC of each image score computed from the map: the maximum (the papers' score) and the mean
-  of the top ``k`` share of pixels;
+- image AUROC of the score the model serves (``model``) and of each image score computed from the map:
+  the maximum (the papers' score for the RD family) and the mean of the top ``k`` share of pixels;
 - the mean map value on the normal validation images by distance to the image border, which shows
   whether a model's maps fall off (or rise) towards the border, where ``fray`` and ``break`` defects lie.
 """
 
 import argparse
-import ast
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 
 from anomalib_rdx.components import ScoreAUROC
 
-from .accuracy import BenchmarkConfig, load_benchmark_checkpoint
+from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_argument
 
 TOP_K_SHARES = (0.001, 0.01, 0.05)
 BORDER_BANDS = ((0, 8), (8, 16), (16, 32), (32, 64), (64, None))
@@ -38,6 +37,7 @@ class ValidationOutputs(Callback):
 
     def __init__(self) -> None:
         self.maps: list[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
 
@@ -45,6 +45,7 @@ class ValidationOutputs(Callback):
         """Store the batch's outputs."""
         del trainer, pl_module, args
         self.maps.append(outputs.anomaly_map.detach().reshape(len(outputs.gt_label), *outputs.anomaly_map.shape[-2:]))
+        self.scores.append(outputs.pred_score.detach().flatten())
         self.labels.append(outputs.gt_label.detach().int())
         self.masks.append(outputs.gt_mask.detach().reshape(self.maps[-1].shape).int())
 
@@ -79,14 +80,8 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def _variant(value: str) -> dict[str, object]:
-    key, separator, setting = value.partition("=")
-    if not separator or not key:
-        msg = f"--variants expects KEY=VALUE, got {value!r}."
-        raise argparse.ArgumentTypeError(msg)
-    try:
-        return {key: ast.literal_eval(setting)}  # numbers, booleans, tuples
-    except (ValueError, SyntaxError):
-        return {key: setting}  # a plain string such as "expert"
+    key, setting = model_argument(value, "--variants")
+    return {key: setting}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,8 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
             "overrides": overrides,
             "validation_images": len(labels),
             "image_AUROC": {
-                ("max" if share is None else f"top{share:g}_mean"): auroc(image_score(maps, share), labels)
-                for share in (None, *TOP_K_SHARES)
+                "model": auroc(torch.cat(outputs.scores), labels),  # the score the model serves
+                **{
+                    ("max" if share is None else f"top{share:g}_mean"): auroc(image_score(maps, share), labels)
+                    for share in (None, *TOP_K_SHARES)
+                },
             },
             "pixel_AUROC": auroc(maps[labels == 1].flatten(), masks[labels == 1].flatten()),
             "normal_map_by_border_distance": border_profile(maps[labels == 0]),
