@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 
 from anomalib_rdx.components import ScoreAUROC
 
-from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_argument
+from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_argument, model_class
 
 TOP_K_SHARES = (0.001, 0.01, 0.05)
 BORDER_BANDS = ((0, 8), (8, 16), (16, 32), (32, 64), (64, None))
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", type=Path, required=True, help="Lightning checkpoint")
     parser.add_argument("--root", default=defaults.root, help="parent of the MVTec-layout category folder")
     parser.add_argument("--category", default=defaults.category, help="category folder")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="as the benchmark run")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the benchmark run's seed (same split)")
     parser.add_argument("--val-split-ratio", type=float, default=defaults.val_split_ratio, help="as the benchmark")
     parser.add_argument(
@@ -118,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results = []
     for overrides in [{}, *args.variants]:
-        model = load_benchmark_checkpoint(args.model, args.checkpoint, **overrides)
+        size = (args.image_size, args.image_size)  # the network is built at the pre-processor's size
+        pre_processor = model_class(args.model).configure_pre_processor(size)
+        model = load_benchmark_checkpoint(args.model, args.checkpoint, pre_processor=pre_processor, **overrides)
         outputs = ValidationOutputs()
         engine = Engine(callbacks=[outputs], logger=False, default_root_dir="results/scoring_study", devices=1)
         engine.validate(model, datamodule=datamodule, verbose=False)
