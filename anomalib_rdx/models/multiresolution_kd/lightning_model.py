@@ -69,8 +69,8 @@ class MultiResolutionKD(DistillationModule):
         lr: Adam learning rate of the cloner. Defaults to ``1e-3`` (authors' code).
         localization: Anomaly map of inference (see the module docstring). Defaults to ``"forward"``.
         gradient_recipe: ``"official"`` (default) or ``"raw"`` gradient maps (see ``anomaly_map``).
-        image_score: ``"discrepancy"`` (the paper's whole-image loss, default) or ``"max"`` /
-            ``"top_k_mean"`` of the forward discrepancy map.
+        image_score: ``"top_k_mean"`` of the forward discrepancy map (default, chosen on validation),
+            its ``"max"``, or ``"discrepancy"`` (the paper's whole-image loss).
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         pre_processor: Pre-processor; must resize and must not normalise. Default: 128x128.
         post_processor: anomalib post-processor or flag.
@@ -93,7 +93,7 @@ class MultiResolutionKD(DistillationModule):
         lr: float = 1e-3,
         localization: Localization = "forward",
         gradient_recipe: GradientRecipe = "official",
-        image_score: MKDImageScore = "discrepancy",
+        image_score: MKDImageScore = "top_k_mean",
         top_k_share: float = 0.01,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
