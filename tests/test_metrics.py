@@ -42,3 +42,7 @@ def test_maps_with_missing_masks_are_skipped_when_not_strict() -> None:
     metric.update(SimpleNamespace(anomaly_map=maps, gt_mask=(maps > 35).int().squeeze(1)))
     metric.update(SimpleNamespace(anomaly_map=maps, gt_mask=None))
     assert float(metric.compute()) == 1.0
+
+
+def test_logged_under_anomalibs_name() -> None:
+    assert ScoreAUROC(fields=["pred_score", "gt_label"], prefix="val_image_").name == "val_image_AUROC"

@@ -13,6 +13,8 @@ normalised to ``(0, 1)`` first and are not affected.
 their order, so the figure is the same as anomalib's wherever anomalib's is right.
 """
 
+from typing import Any
+
 import torch
 from anomalib.metrics import AnomalibMetric
 from anomalib.metrics.auroc import _AUROC
@@ -33,6 +35,9 @@ class _ScoreAUROC(_AUROC):
 class ScoreAUROC(AnomalibMetric, _ScoreAUROC):  # type: ignore[misc]
     """Anomalib's AUROC metric for raw anomaly scores and maps of any scale (see the module docstring).
 
+    It is logged under anomalib's name (``<prefix>AUROC``), so results and learning curves keep their
+    columns.
+
     Example:
         >>> from types import SimpleNamespace
         >>> metric = ScoreAUROC(fields=["pred_score", "gt_label"])
@@ -41,3 +46,7 @@ class ScoreAUROC(AnomalibMetric, _ScoreAUROC):  # type: ignore[misc]
         >>> float(metric.compute())
         1.0
     """
+
+    def __init__(self, *args: Any, prefix: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, prefix=prefix, **kwargs)
+        self.name = prefix + "AUROC"
