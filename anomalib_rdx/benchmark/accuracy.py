@@ -162,15 +162,20 @@ def model_class(name: str) -> type[AnomalibModule]:
     return stock.get(name) or getattr(anomalib_rdx, name.split("-", maxsplit=1)[0])
 
 
-def load_benchmark_checkpoint(name: str, path: Path, **overrides: object) -> AnomalibModule:
+def load_benchmark_checkpoint(
+    name: str, path: Path, image_size: int | None = None, **overrides: object
+) -> AnomalibModule:
     """Load a checkpoint written by the benchmark (or by ``anomalib train``) for model ``name``, in eval mode.
 
     Benchmark checkpoints carry the benchmark's evaluator metrics, which a default model lacks: they are
     loaded leniently, then every network weight is checked to have come from the checkpoint.
     ``overrides`` replace saved constructor arguments (e.g. ``map_reference="expert"``): a new model is
-    built with them, the trained model is not changed.
+    built with them, the trained model is not changed. ``image_size`` builds the network (and its
+    pre-processor) at the benchmark run's square size instead of the model class's default.
     """
     cls = model_class(name)
+    if image_size is not None:
+        overrides["pre_processor"] = cls.configure_pre_processor((image_size, image_size))
     saved = load_checkpoint(path, cls.checkpoint_safe_globals())["state_dict"]  # data only: refuses code
     model = cls.load_from_checkpoint(path, map_location="cpu", strict=False, **overrides).eval()
     missing = [key for key in model.state_dict() if key.startswith("model.") and key not in saved]
@@ -278,12 +283,11 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     datamodule = benchmark_datamodule(config)
     try:
         if config.trained_checkpoint:
-            size = (config.image_size, config.image_size)  # the network is built at the pre-processor's size
             model = load_benchmark_checkpoint(
                 name,
                 Path(config.trained_checkpoint),
+                config.image_size,
                 evaluator=benchmark_evaluator(),
-                pre_processor=model_class(name).configure_pre_processor(size),
                 **config.inference_options,
             )
         else:

@@ -296,15 +296,13 @@ def compare_threshold_rules(
     """
     from anomalib.engine import Engine
 
-    from .accuracy import MODELS, benchmark_datamodule, load_benchmark_checkpoint, model_class
+    from .accuracy import MODELS, benchmark_datamodule, load_benchmark_checkpoint
 
     datamodule = benchmark_datamodule(config)
     if checkpoint is None:
         model = MODELS[name](config)
     else:
-        size = (config.image_size, config.image_size)  # the network is built at the pre-processor's size
-        pre_processor = model_class(name).configure_pre_processor(size)
-        model = load_benchmark_checkpoint(name, checkpoint, pre_processor=pre_processor)
+        model = load_benchmark_checkpoint(name, checkpoint, config.image_size)
     model.post_processor = None  # record raw outputs; each rule is applied afterwards
     model.evaluator = None
     recorder = RawOutputRecorder()

@@ -42,7 +42,7 @@ from torchvision.transforms.v2 import Resize
 
 from anomalib_rdx.components.export import map_head_nodes, map_smoothing_nodes
 
-from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_class
+from .accuracy import BenchmarkConfig, load_benchmark_checkpoint
 from .cpu import cpu_description
 from .deployment import DeploymentConfig, calibration_datamodule, checkpoint_argument, runtime_metrics
 
@@ -126,8 +126,8 @@ def study(name: str, checkpoint: Path, config: DeploymentConfig, variants: list[
     """Export ``checkpoint`` once, quantise it per variant; AUROC of every runtime on validation and test."""
     import openvino as ov
 
-    size = (config.image_size, config.image_size)  # the network is built at the pre-processor's size
-    model = load_benchmark_checkpoint(name, checkpoint, pre_processor=model_class(name).configure_pre_processor(size))
+    size = (config.image_size, config.image_size)
+    model = load_benchmark_checkpoint(name, checkpoint, config.image_size)
     engine = Engine(logger=False, default_root_dir=workdir, accelerator="cpu", devices=1)
     fp32 = engine.export(model, ExportType.OPENVINO, export_root=workdir / "fp32", input_size=size)
     calibration = calibration_datamodule(config)

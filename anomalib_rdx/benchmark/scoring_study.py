@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 
 from anomalib_rdx.components import ScoreAUROC
 
-from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_argument, model_class
+from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_argument
 
 TOP_K_SHARES = (0.001, 0.01, 0.05)
 BORDER_BANDS = ((0, 8), (8, 16), (16, 32), (32, 64), (64, None))
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results = []
     for overrides in [{}, *args.variants]:
-        size = (args.image_size, args.image_size)  # the network is built at the pre-processor's size
-        pre_processor = model_class(args.model).configure_pre_processor(size)
-        model = load_benchmark_checkpoint(args.model, args.checkpoint, pre_processor=pre_processor, **overrides)
+        model = load_benchmark_checkpoint(args.model, args.checkpoint, args.image_size, **overrides)
         outputs = ValidationOutputs()
         engine = Engine(callbacks=[outputs], logger=False, default_root_dir="results/scoring_study", devices=1)
         engine.validate(model, datamodule=datamodule, verbose=False)
