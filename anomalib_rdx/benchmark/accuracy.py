@@ -53,6 +53,7 @@ from tqdm import tqdm
 import anomalib_rdx
 from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.components.checkpoint import load_checkpoint
+from anomalib_rdx.data import SyntheticValidation
 
 from .cpu import cpu_description
 from .decisions import DecisionRecorder
@@ -87,6 +88,9 @@ class BenchmarkConfig(DataAndTeacher):
     model_options: dict = field(default_factory=dict)
     """Other constructor arguments (``--model-arg``, e.g. ``teacher_lr``) given to every model that accepts
     them, for ablations and recipe studies; the models' defaults otherwise."""
+    val_blend: tuple[float, float] | None = None
+    """Blend factor range of the synthetic validation anomalies (:class:`~anomalib_rdx.data.SyntheticValidation`);
+    ``None``: anomalib's split as it is, (0.01, 0.2)."""
     trained_checkpoint: str | None = None
     """Evaluate this checkpoint (with ``inference_options`` as overrides) instead of training."""
 
@@ -304,8 +308,9 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         if config.val_check_interval
         else {}
     )
+    validation_split = [SyntheticValidation(config.val_blend, seed=config.seed)] if config.val_blend else []
     engine = Engine(
-        callbacks=[recorder, per_type, learning_curve, decisions, timer],
+        callbacks=[*validation_split, recorder, per_type, learning_curve, decisions, timer],
         max_epochs=config.epochs if not config.max_minutes else -1,
         max_steps=config.max_steps,
         **budget,
@@ -576,6 +581,15 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="constructor argument for every chosen model that takes it (repeatable), e.g. teacher_lr=1e-5",
     )
+    parser.add_argument(
+        "--val-blend",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="re-make the synthetic validation split with anomalies blended at a factor in [LOW, HIGH] "
+        "(SyntheticValidation; e.g. 0.1 1.0); default: anomalib's split, blended at 0.01-0.2",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="results folder")
     args = parser.parse_args(argv)
     model_options = dict(args.model_arg)
@@ -601,6 +615,7 @@ def main(argv: list[str] | None = None) -> None:
             patchcore_coreset_ratio=args.patchcore_coreset_ratio,
             inference_options=_inference_options(args),
             model_options=model_options,
+            val_blend=tuple(args.val_blend) if args.val_blend else None,
             trained_checkpoint=args.trained_checkpoint,
         )
         rows.append(run_one(name, config, args.output))

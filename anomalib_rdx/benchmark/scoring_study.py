@@ -25,6 +25,7 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
 
 from anomalib_rdx.components import ScoreAUROC
+from anomalib_rdx.data import SyntheticValidation
 
 from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_argument
 
@@ -100,6 +101,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the benchmark run's seed (same split)")
     parser.add_argument("--val-split-ratio", type=float, default=defaults.val_split_ratio, help="as the benchmark")
     parser.add_argument(
+        "--val-blend",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="synthetic anomalies blended at a factor in [LOW, HIGH] (SyntheticValidation); default: anomalib's",
+    )
+    parser.add_argument(
         "--variants",
         nargs="*",
         default=[],
@@ -121,12 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
     for overrides in [{}, *args.variants]:
         model = load_benchmark_checkpoint(args.model, args.checkpoint, args.image_size, **overrides)
         outputs = ValidationOutputs()
-        engine = Engine(callbacks=[outputs], logger=False, default_root_dir="results/scoring_study", devices=1)
+        split = [SyntheticValidation(tuple(args.val_blend), seed=args.seed)] if args.val_blend else []
+        engine = Engine(callbacks=[*split, outputs], logger=False, default_root_dir="results/scoring_study", devices=1)
         engine.validate(model, datamodule=datamodule, verbose=False)
         maps, labels, masks = torch.cat(outputs.maps), torch.cat(outputs.labels), torch.cat(outputs.masks)
         summary = {
             "model": args.model,
             "overrides": overrides,
+            "val_blend": args.val_blend or "anomalib (0.01, 0.2)",
             "validation_images": len(labels),
             "image_AUROC": {
                 "model": auroc(torch.cat(outputs.scores), labels),  # the score the model serves
