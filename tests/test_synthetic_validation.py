@@ -109,7 +109,8 @@ def test_callback_replaces_the_split_with_the_same_held_out_images(tmp_path: Pat
     anomalous = validation.samples[validation.samples.label_index == 1]
     assert set(normal.image_path) <= held_out
     assert len(normal) + len(anomalous) == len(held_out)
-    assert all(Path(path).parent == tmp_path / "synthetic_validation" / "abnormal" for path in anomalous.image_path)
+    written = tmp_path / "synthetic_validation" / "seed0_blend0.1-1" / "abnormal"
+    assert all(Path(path).parent == written and Path(path).is_file() for path in anomalous.image_path)
     assert set(datamodule.train_data.samples.image_path).isdisjoint(held_out)
     assert engine.trainer.num_val_batches == [-(-len(validation) // 4)]  # validated on this split
 

@@ -13,7 +13,8 @@ scores 0.82 image AUROC on the real test defects scores 0.51 there.
 :class:`SyntheticValidation` is a Lightning callback that re-makes the split from the *same* held-out
 normal images (anomalib's split, its seed and ratio) with a blend factor range the user names, after the
 datamodule has been set up and before any validation runs. The anomalous images and masks are written
-to ``<default_root_dir>/synthetic_validation/`` so they can be looked at. With it in a config::
+to ``<default_root_dir>/synthetic_validation/seed<seed>_blend<low>-<high>/`` so they can be looked at.
+With it in a config::
 
     trainer:
       callbacks:
@@ -22,6 +23,7 @@ to ``<default_root_dir>/synthetic_validation/`` so they can be looked at. With i
             blend_factor: [0.1, 1.0]
 """
 
+import os
 from pathlib import Path
 
 import cv2
@@ -38,6 +40,17 @@ from torchvision.transforms.v2 import Transform
 
 ANOMALIB_BLEND_FACTOR = (0.01, 0.2)
 """The blend factor range of anomalib's own synthetic validation split."""
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    """Write through a temporary file, so a process reading the same split never sees half a file."""
+    encoded, data = cv2.imencode(".png", pixels)
+    if not encoded:
+        msg = f"could not encode the synthetic anomaly {path}"
+        raise OSError(msg)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data.tobytes())
+    partial.replace(path)
 
 
 def blended_anomalies(
@@ -85,8 +98,8 @@ def blended_anomalies(
             image, mask = generator(read_image(source, as_tensor=True))
             name = f"{number:04d}.png"
             rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            cv2.imwrite(str(images / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(masks / name), (mask.squeeze().numpy() * 255).round().astype(np.uint8))
+            _write_png(images / name, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            _write_png(masks / name, (mask.squeeze().numpy() * 255).round().astype(np.uint8))
             rows.append(
                 {
                     "image_path": str(images / name),
@@ -157,10 +170,11 @@ class SyntheticValidation(Callback):
             )
             raise ValueError(msg)
         seed = self.seed if self.seed is not None else getattr(datamodule, "seed", None) or 0
+        low, high = self.blend_factor
         datamodule.val_data = BlendedSyntheticDataset(
             augmentations=validation.augmentations,
             source_samples=validation.source_samples,
-            folder=Path(trainer.default_root_dir) / "synthetic_validation",
+            folder=Path(trainer.default_root_dir) / "synthetic_validation" / f"seed{seed}_blend{low:g}-{high:g}",
             blend_factor=self.blend_factor,
             seed=seed,
         )
