@@ -178,3 +178,16 @@ def test_model_argument_values_are_typed() -> None:
     assert accuracy.model_argument("use_expert=false") == ("use_expert", False)
     assert accuracy.model_argument("use_expert=False") == ("use_expert", False)
     assert accuracy.model_argument("gii_mode=off") == ("gii_mode", "off")
+
+
+def test_val_blend_is_checked_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A reversed or out-of-range ``--val-blend`` is refused by name before a model is built or a file written."""
+    with pytest.raises(SystemExit):
+        main(["--models", "RDExpert", "--val-blend", "0.5", "0.1", "--output", str(tmp_path / "out")])
+    assert "--val-blend" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    config = BenchmarkConfig(val_blend=(0.1, 1.0), seed=3)
+    (callback,) = accuracy.validation_split(config)
+    assert callback.blend_factor == (0.1, 1.0)
+    assert callback.seed == 3
+    assert accuracy.validation_split(BenchmarkConfig()) == []  # anomalib's split by default

@@ -80,6 +80,8 @@ def test_bad_blend_and_anomalous_sources_are_refused(tmp_path: Path) -> None:
         blended_anomalies(normal, tmp_path, (0.5, 0.1), seed=0)
     with pytest.raises(ValueError, match="blend_factor"):
         blended_anomalies(normal, tmp_path, (0.1, 1.5), seed=0)
+    with pytest.raises(ValueError, match="blend_factor"):
+        SyntheticValidation((-0.1, 0.5))
     with pytest.raises(ValueError, match="normal images only"):
         blended_anomalies(normal.assign(label_index=1), tmp_path, (0.1, 1.0), seed=0)
 

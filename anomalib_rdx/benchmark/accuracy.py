@@ -48,12 +48,14 @@ from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models import Patchcore, ReverseDistillation, Stfpm
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
 import anomalib_rdx
 from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.components.checkpoint import load_checkpoint
 from anomalib_rdx.data import SyntheticValidation
+from anomalib_rdx.data.synthetic import check_blend_factor
 
 from .cpu import cpu_description
 from .decisions import DecisionRecorder
@@ -282,6 +284,11 @@ def benchmark_datamodule(config: BenchmarkConfig) -> MVTecAD:
     )
 
 
+def validation_split(config: BenchmarkConfig) -> list[Callback]:
+    """Return the callback re-making the synthetic validation split at ``config.val_blend`` (none: anomalib's)."""
+    return [SyntheticValidation(config.val_blend, seed=config.seed)] if config.val_blend else []
+
+
 def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     """Train and test one model; return its row of results."""
     datamodule = benchmark_datamodule(config)
@@ -308,9 +315,8 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         if config.val_check_interval
         else {}
     )
-    validation_split = [SyntheticValidation(config.val_blend, seed=config.seed)] if config.val_blend else []
     engine = Engine(
-        callbacks=[*validation_split, recorder, per_type, learning_curve, decisions, timer],
+        callbacks=[*validation_split(config), recorder, per_type, learning_curve, decisions, timer],
         max_epochs=config.epochs if not config.max_minutes else -1,
         max_steps=config.max_steps,
         **budget,
@@ -592,6 +598,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="results folder")
     args = parser.parse_args(argv)
+    if args.val_blend:
+        try:
+            check_blend_factor(args.val_blend)
+        except ValueError as error:
+            parser.error(f"--val-blend: {error}")
     model_options = dict(args.model_arg)
     _check_model_arguments(parser, model_options, args.models)
     root, category = args.data if args.data else (args.root, args.category)

@@ -296,7 +296,7 @@ def compare_threshold_rules(
     """
     from anomalib.engine import Engine
 
-    from .accuracy import MODELS, benchmark_datamodule, load_benchmark_checkpoint
+    from .accuracy import MODELS, benchmark_datamodule, load_benchmark_checkpoint, validation_split
 
     datamodule = benchmark_datamodule(config)
     if checkpoint is None:
@@ -307,7 +307,7 @@ def compare_threshold_rules(
     model.evaluator = None
     recorder = RawOutputRecorder()
     engine = Engine(
-        callbacks=[recorder],
+        callbacks=[*validation_split(config), recorder],
         max_epochs=config.epochs,
         max_steps=config.max_steps,
         default_root_dir=output / name,
@@ -352,6 +352,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--trained-checkpoint", type=Path, default=None, help="a benchmark run's checkpoint of --model: no training"
     )
+    parser.add_argument(
+        "--val-blend",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="synthetic validation anomalies blended at a factor in [LOW, HIGH] (as the benchmark's --val-blend)",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/threshold_rules"))
     args = parser.parse_args(argv)
     config = BenchmarkConfig(
@@ -361,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         num_workers=args.num_workers,
         seed=args.seed,
+        val_blend=tuple(args.val_blend) if args.val_blend else None,
     )
     if args.trained_checkpoint is not None and not args.trained_checkpoint.is_file():
         parser.error(f"--trained-checkpoint {args.trained_checkpoint} is not a file")

@@ -53,6 +53,15 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     partial.replace(path)
 
 
+def check_blend_factor(blend_factor: tuple[float, float]) -> tuple[float, float]:
+    """Return ``blend_factor`` as floats; raise ``ValueError`` unless it is a range inside [0, 1]."""
+    low, high = (float(value) for value in blend_factor)
+    if not 0 <= low <= high <= 1:
+        msg = f"blend_factor must be a range (low, high) with 0 <= low <= high <= 1, got {tuple(blend_factor)!r}"
+        raise ValueError(msg)
+    return low, high
+
+
 def blended_anomalies(
     normal_samples: pd.DataFrame,
     folder: Path,
@@ -77,10 +86,7 @@ def blended_anomalies(
         ValueError: If ``normal_samples`` holds an anomalous image or ``blend_factor`` is not a range
             inside [0, 1].
     """
-    low, high = blend_factor
-    if not 0 <= low <= high <= 1:
-        msg = f"blend_factor must be a range (low, high) with 0 <= low <= high <= 1, got {blend_factor!r}"
-        raise ValueError(msg)
+    low, high = check_blend_factor(blend_factor)
     if (normal_samples.label_index == 1).any():
         msg = "synthetic anomalies are made from normal images only; the source samples hold anomalous ones"
         raise ValueError(msg)
@@ -153,7 +159,7 @@ class SyntheticValidation(Callback):
     """
 
     def __init__(self, blend_factor: tuple[float, float] = (0.1, 1.0), seed: int | None = None) -> None:
-        self.blend_factor = (float(blend_factor[0]), float(blend_factor[1]))
+        self.blend_factor = check_blend_factor(blend_factor)
         self.seed = seed
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
