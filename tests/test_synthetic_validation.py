@@ -124,3 +124,24 @@ def test_callback_refuses_other_split_modes(tmp_path: Path, lite0_teacher: dict)
     engine = Engine(callbacks=[SyntheticValidation()], default_root_dir=tmp_path, logger=False, devices=1)
     with pytest.raises(ValueError, match="val_split_mode='synthetic'"):
         engine.validate(model, datamodule=datamodule, verbose=False)
+
+
+def test_int8_study_split_is_replaced_without_a_trainer(tmp_path: Path) -> None:
+    """A datamodule set up without a trainer (the INT8 study) gets the split; asking again keeps or re-makes it."""
+    from anomalib_rdx.benchmark.deployment import DeploymentConfig
+    from anomalib_rdx.benchmark.int8_study import synthetic_validation
+    from anomalib_rdx.data.synthetic import replace_validation_split
+
+    config = DeploymentConfig(root=str(SAMPLE_DATA_ROOT), image_size=64)
+    anomalib_split = synthetic_validation(config)
+    datamodule = synthetic_validation(config, (0.1, 1.0), tmp_path)
+    validation = datamodule.val_data
+    assert isinstance(validation, BlendedSyntheticDataset)
+    assert set(validation.source_samples.image_path) == set(anomalib_split.val_data.source_samples.image_path)
+    assert replace_validation_split(datamodule, (0.1, 1.0), tmp_path, seed=0) is validation
+    other = replace_validation_split(datamodule, (0.2, 0.5), tmp_path, seed=0)
+    assert other is not validation
+    assert other.blend_factor == (0.2, 0.5)
+    assert set(other.source_samples.image_path) == set(validation.source_samples.image_path)
+    image = datamodule.val_dataloader().dataset[0].image
+    assert tuple(image.shape[-2:]) == (64, 64)  # the study's resize still applies

@@ -41,6 +41,7 @@ from anomalib.engine import Engine
 from torchvision.transforms.v2 import Resize
 
 from anomalib_rdx.components.export import map_head_nodes, map_smoothing_nodes
+from anomalib_rdx.data.synthetic import replace_validation_split
 
 from .accuracy import BenchmarkConfig, load_benchmark_checkpoint
 from .cpu import cpu_description
@@ -100,11 +101,14 @@ VARIANTS: dict[str, tuple[Callable | None, str | None]] = {
 }
 
 
-def synthetic_validation(config: DeploymentConfig) -> MVTecAD:
+def synthetic_validation(
+    config: DeploymentConfig, val_blend: tuple[float, float] | None = None, workdir: Path | None = None
+) -> MVTecAD:
     """Build the benchmark's synthetic validation split (its seed and ratio), resized to the IR's input size.
 
     The split is the one ``python -m anomalib_rdx.benchmark`` trains beside, so its images were held out of
-    the checkpoint's training.
+    the checkpoint's training. With ``val_blend`` its anomalies are re-made at that blend factor range
+    (:func:`~anomalib_rdx.data.synthetic.replace_validation_split`, written under ``workdir``).
     """
     protocol = BenchmarkConfig()
     datamodule = MVTecAD(
@@ -119,10 +123,19 @@ def synthetic_validation(config: DeploymentConfig) -> MVTecAD:
     )
     datamodule.setup("fit")
     datamodule.setup("test")
+    if val_blend:
+        replace_validation_split(datamodule, val_blend, (workdir or Path.cwd()) / "synthetic_validation", protocol.seed)
     return datamodule
 
 
-def study(name: str, checkpoint: Path, config: DeploymentConfig, variants: list[str], workdir: Path) -> dict:
+def study(
+    name: str,
+    checkpoint: Path,
+    config: DeploymentConfig,
+    variants: list[str],
+    workdir: Path,
+    val_blend: tuple[float, float] | None = None,
+) -> dict:
     """Export ``checkpoint`` once, quantise it per variant; AUROC of every runtime on validation and test."""
     import openvino as ov
 
@@ -138,7 +151,7 @@ def study(name: str, checkpoint: Path, config: DeploymentConfig, variants: list[
         path = workdir / f"int8_{variant}.xml"
         ov.save_model(_quantize(fp32, calibration, ignore, preset), path)
         artifacts[f"int8_{variant}"] = path
-    evaluation = synthetic_validation(config)
+    evaluation = synthetic_validation(config, val_blend, workdir)
     previous = Path.cwd()
     os.chdir(workdir)  # OpenVINO may write a cache in the working directory
     try:
@@ -151,6 +164,7 @@ def study(name: str, checkpoint: Path, config: DeploymentConfig, variants: list[
         "checkpoint": str(checkpoint),
         "calibration_images": len(calibration.val_data),
         "validation_images": len(evaluation.val_data),
+        "val_blend": list(val_blend) if val_blend else "anomalib (0.01, 0.2)",
         "test_images": len(evaluation.test_data),
         "validation": validation,
         "test": test,
@@ -180,13 +194,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--category", default=defaults.category)
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--val-blend",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="synthetic validation anomalies blended at a factor in [LOW, HIGH] (as the benchmark's --val-blend)",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/int8_study.json"))
     args = parser.parse_args(argv)
     config = DeploymentConfig(root=args.root, category=args.category, image_size=args.image_size)
     results = []
     for name, checkpoint in args.checkpoint:
         with tempfile.TemporaryDirectory() as scratch:
-            results.append(study(name, checkpoint, config, args.variants, Path(scratch)))
+            blend = tuple(args.val_blend) if args.val_blend else None
+            results.append(study(name, checkpoint, config, args.variants, Path(scratch), blend))
         print(f"\n{name}\n{_table(results[-1])}")
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps({"cpu": cpu_description(), "results": results}, indent=2))

@@ -140,6 +140,7 @@ class BlendedSyntheticDataset(AnomalibDataset):
         super().__init__(augmentations=augmentations)
         self.source_samples = source_samples
         self.blend_factor = blend_factor
+        self.seed = seed
         self.samples = blended_anomalies(source_samples, folder, blend_factor, seed)
         self.samples.attrs["task"] = "segmentation"
 
@@ -165,22 +166,46 @@ class SyntheticValidation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Swap the split once, after the datamodule's own setup."""
         del pl_module, stage
-        datamodule = trainer.datamodule
-        validation = getattr(datamodule, "val_data", None)
-        if isinstance(validation, BlendedSyntheticDataset):
-            return
-        if not isinstance(validation, SyntheticAnomalyDataset):
-            msg = (
-                "SyntheticValidation re-makes anomalib's synthetic validation split: set the datamodule's "
-                f"val_split_mode='synthetic' (its validation data is {type(validation).__name__})."
-            )
-            raise ValueError(msg)
-        seed = self.seed if self.seed is not None else getattr(datamodule, "seed", None) or 0
-        low, high = self.blend_factor
-        datamodule.val_data = BlendedSyntheticDataset(
-            augmentations=validation.augmentations,
-            source_samples=validation.source_samples,
-            folder=Path(trainer.default_root_dir) / "synthetic_validation" / f"seed{seed}_blend{low:g}-{high:g}",
-            blend_factor=self.blend_factor,
-            seed=seed,
+        replace_validation_split(
+            trainer.datamodule, self.blend_factor, Path(trainer.default_root_dir) / "synthetic_validation", self.seed
         )
+
+
+def replace_validation_split(
+    datamodule: object, blend_factor: tuple[float, float], root: Path, seed: int | None = None
+) -> BlendedSyntheticDataset:
+    """Swap a set-up datamodule's synthetic validation split for one blended at ``blend_factor``.
+
+    What :class:`SyntheticValidation` does inside a Lightning run, for code that sets a datamodule up
+    itself. A split already made at the same range and seed is kept; another is re-made from the same
+    held-out images.
+
+    Args:
+        datamodule: An anomalib datamodule set up with ``val_split_mode="synthetic"``.
+        blend_factor: Range of the anomalies' blend factor.
+        root: The images go to ``root/seed<seed>_blend<low>-<high>/``.
+        seed: Seed of the anomalies. ``None``: the datamodule's seed.
+
+    Raises:
+        ValueError: If the datamodule's validation data is not anomalib's synthetic split.
+    """
+    validation = getattr(datamodule, "val_data", None)
+    seed = seed if seed is not None else getattr(datamodule, "seed", None) or 0
+    low, high = check_blend_factor(blend_factor)
+    if isinstance(validation, BlendedSyntheticDataset):
+        if validation.blend_factor == (low, high) and validation.seed == seed:
+            return validation
+    elif not isinstance(validation, SyntheticAnomalyDataset):
+        msg = (
+            "SyntheticValidation re-makes anomalib's synthetic validation split: set the datamodule's "
+            f"val_split_mode='synthetic' (its validation data is {type(validation).__name__})."
+        )
+        raise ValueError(msg)
+    datamodule.val_data = BlendedSyntheticDataset(
+        augmentations=validation.augmentations,
+        source_samples=validation.source_samples,
+        folder=root / f"seed{seed}_blend{low:g}-{high:g}",
+        blend_factor=(low, high),
+        seed=seed,
+    )
+    return datamodule.val_data
