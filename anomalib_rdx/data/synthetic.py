@@ -154,8 +154,8 @@ class SyntheticValidation(Callback):
 
     Args:
         blend_factor: Range of the anomalies' blend factor. Defaults to ``(0.1, 1.0)``: at 0.1 the change
-            inside the mask is about the size of magnetic_tile's local texture variation, so every anomaly
-            is at least as visible as the texture; anomalib's split uses ``(0.01, 0.2)``.
+            inside the mask is about the size of magnetic_tile's local texture variation, so 95% of the
+            anomalies change their pixels more than the texture varies (60% with anomalib's ``(0.01, 0.2)``).
         seed: Seed of the anomalies. ``None``: the datamodule's seed.
     """
 
