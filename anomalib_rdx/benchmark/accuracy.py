@@ -289,6 +289,29 @@ def validation_split(config: BenchmarkConfig) -> list[Callback]:
     return [SyntheticValidation(config.val_blend, seed=config.seed)] if config.val_blend else []
 
 
+def add_val_blend_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--val-blend LOW HIGH``, shared by the benchmark and the studies that choose on validation."""
+    parser.add_argument(
+        "--val-blend",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="re-make the synthetic validation anomalies from the same held-out images, blended at a factor in "
+        "[LOW, HIGH] (SyntheticValidation; e.g. 0.1 1.0); default: anomalib's split, blended at 0.01-0.2",
+    )
+
+
+def parsed_val_blend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[float, float] | None:
+    """``--val-blend`` as a checked range, or ``None``; a bad range ends the command with its name."""
+    if not args.val_blend:
+        return None
+    try:
+        return check_blend_factor(args.val_blend)
+    except ValueError as error:
+        parser.error(f"--val-blend: {error}")
+
+
 def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     """Train and test one model; return its row of results."""
     datamodule = benchmark_datamodule(config)
@@ -587,22 +610,10 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="constructor argument for every chosen model that takes it (repeatable), e.g. teacher_lr=1e-5",
     )
-    parser.add_argument(
-        "--val-blend",
-        nargs=2,
-        type=float,
-        default=None,
-        metavar=("LOW", "HIGH"),
-        help="re-make the synthetic validation split with anomalies blended at a factor in [LOW, HIGH] "
-        "(SyntheticValidation; e.g. 0.1 1.0); default: anomalib's split, blended at 0.01-0.2",
-    )
+    add_val_blend_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="results folder")
     args = parser.parse_args(argv)
-    if args.val_blend:
-        try:
-            check_blend_factor(args.val_blend)
-        except ValueError as error:
-            parser.error(f"--val-blend: {error}")
+    val_blend = parsed_val_blend(parser, args)
     model_options = dict(args.model_arg)
     _check_model_arguments(parser, model_options, args.models)
     root, category = args.data if args.data else (args.root, args.category)
@@ -626,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
             patchcore_coreset_ratio=args.patchcore_coreset_ratio,
             inference_options=_inference_options(args),
             model_options=model_options,
-            val_blend=tuple(args.val_blend) if args.val_blend else None,
+            val_blend=val_blend,
             trained_checkpoint=args.trained_checkpoint,
         )
         rows.append(run_one(name, config, args.output))

@@ -337,7 +337,7 @@ def compare_threshold_rules(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m anomalib_rdx.benchmark.decisions``: threshold rules of one model on one dataset."""
-    from .accuracy import MODELS, BenchmarkConfig
+    from .accuracy import MODELS, BenchmarkConfig, add_val_blend_argument, parsed_val_blend
 
     defaults = BenchmarkConfig()
     parser = argparse.ArgumentParser(description=compare_threshold_rules.__doc__.split("\n")[0])
@@ -352,14 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--trained-checkpoint", type=Path, default=None, help="a benchmark run's checkpoint of --model: no training"
     )
-    parser.add_argument(
-        "--val-blend",
-        nargs=2,
-        type=float,
-        default=None,
-        metavar=("LOW", "HIGH"),
-        help="synthetic validation anomalies blended at a factor in [LOW, HIGH] (as the benchmark's --val-blend)",
-    )
+    add_val_blend_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/threshold_rules"))
     args = parser.parse_args(argv)
     config = BenchmarkConfig(
@@ -369,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         num_workers=args.num_workers,
         seed=args.seed,
-        val_blend=tuple(args.val_blend) if args.val_blend else None,
+        val_blend=parsed_val_blend(parser, args),
     )
     if args.trained_checkpoint is not None and not args.trained_checkpoint.is_file():
         parser.error(f"--trained-checkpoint {args.trained_checkpoint} is not a file")

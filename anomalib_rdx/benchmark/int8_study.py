@@ -43,7 +43,7 @@ from torchvision.transforms.v2 import Resize
 from anomalib_rdx.components.export import map_head_nodes, map_smoothing_nodes
 from anomalib_rdx.data.synthetic import replace_validation_split
 
-from .accuracy import BenchmarkConfig, load_benchmark_checkpoint
+from .accuracy import BenchmarkConfig, add_val_blend_argument, load_benchmark_checkpoint, parsed_val_blend
 from .cpu import cpu_description
 from .deployment import DeploymentConfig, calibration_datamodule, checkpoint_argument, runtime_metrics
 
@@ -194,21 +194,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--category", default=defaults.category)
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument(
-        "--val-blend",
-        nargs=2,
-        type=float,
-        default=None,
-        metavar=("LOW", "HIGH"),
-        help="synthetic validation anomalies blended at a factor in [LOW, HIGH] (as the benchmark's --val-blend)",
-    )
+    add_val_blend_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/int8_study.json"))
     args = parser.parse_args(argv)
+    blend = parsed_val_blend(parser, args)
     config = DeploymentConfig(root=args.root, category=args.category, image_size=args.image_size)
     results = []
     for name, checkpoint in args.checkpoint:
         with tempfile.TemporaryDirectory() as scratch:
-            blend = tuple(args.val_blend) if args.val_blend else None
             results.append(study(name, checkpoint, config, args.variants, Path(scratch), blend))
         print(f"\n{name}\n{_table(results[-1])}")
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,13 @@ from lightning.pytorch.callbacks import Callback
 from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.data import SyntheticValidation
 
-from .accuracy import BenchmarkConfig, load_benchmark_checkpoint, model_argument
+from .accuracy import (
+    BenchmarkConfig,
+    add_val_blend_argument,
+    load_benchmark_checkpoint,
+    model_argument,
+    parsed_val_blend,
+)
 
 TOP_K_SHARES = (0.001, 0.01, 0.05)
 BORDER_BANDS = ((0, 8), (8, 16), (16, 32), (32, 64), (64, None))
@@ -100,14 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, default=defaults.image_size, help="as the benchmark run")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the benchmark run's seed (same split)")
     parser.add_argument("--val-split-ratio", type=float, default=defaults.val_split_ratio, help="as the benchmark")
-    parser.add_argument(
-        "--val-blend",
-        nargs=2,
-        type=float,
-        default=None,
-        metavar=("LOW", "HIGH"),
-        help="synthetic anomalies blended at a factor in [LOW, HIGH] (SyntheticValidation); default: anomalib's",
-    )
+    add_val_blend_argument(parser)
     parser.add_argument(
         "--variants",
         nargs="*",
@@ -116,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="constructor overrides to compare, each KEY=VALUE (e.g. map_reference=expert); one model each",
     )
     args = parser.parse_args(argv)
+    val_blend = parsed_val_blend(parser, args)
     seed_everything(args.seed)  # the synthetic anomalies are drawn when the split is made: same seed, same split
     datamodule = MVTecAD(
         root=args.root,
@@ -130,14 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
     for overrides in [{}, *args.variants]:
         model = load_benchmark_checkpoint(args.model, args.checkpoint, args.image_size, **overrides)
         outputs = ValidationOutputs()
-        split = [SyntheticValidation(tuple(args.val_blend), seed=args.seed)] if args.val_blend else []
+        split = [SyntheticValidation(val_blend, seed=args.seed)] if val_blend else []
         engine = Engine(callbacks=[*split, outputs], logger=False, default_root_dir="results/scoring_study", devices=1)
         engine.validate(model, datamodule=datamodule, verbose=False)
         maps, labels, masks = torch.cat(outputs.maps), torch.cat(outputs.labels), torch.cat(outputs.masks)
         summary = {
             "model": args.model,
             "overrides": overrides,
-            "val_blend": args.val_blend or "anomalib (0.01, 0.2)",
+            "val_blend": list(val_blend) if val_blend else "anomalib (0.01, 0.2)",
             "validation_images": len(labels),
             "image_AUROC": {
                 "model": auroc(torch.cat(outputs.scores), labels),  # the score the model serves
