@@ -187,7 +187,8 @@ def test_val_blend_is_checked_before_anything_runs(tmp_path: Path, capsys: pytes
     assert "--val-blend" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     config = BenchmarkConfig(val_blend=(0.1, 1.0), seed=3)
-    (callback,) = accuracy.validation_split(config)
+    (callback,) = accuracy.validation_split(config.val_blend, config.seed)
     assert callback.blend_factor == (0.1, 1.0)
     assert callback.seed == 3
-    assert accuracy.validation_split(BenchmarkConfig()) == []  # anomalib's split by default
+    defaults = BenchmarkConfig()
+    assert accuracy.validation_split(defaults.val_blend, defaults.seed) == []  # anomalib's split by default

@@ -284,9 +284,9 @@ def benchmark_datamodule(config: BenchmarkConfig) -> MVTecAD:
     )
 
 
-def validation_split(config: BenchmarkConfig) -> list[Callback]:
-    """Return the callback re-making the synthetic validation split at ``config.val_blend`` (none: anomalib's)."""
-    return [SyntheticValidation(config.val_blend, seed=config.seed)] if config.val_blend else []
+def validation_split(val_blend: tuple[float, float] | None, seed: int) -> list[Callback]:
+    """Return the callback re-making the synthetic validation split at ``val_blend`` (none: anomalib's split)."""
+    return [SyntheticValidation(val_blend, seed=seed)] if val_blend else []
 
 
 def add_val_blend_argument(parser: argparse.ArgumentParser) -> None:
@@ -339,7 +339,14 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         else {}
     )
     engine = Engine(
-        callbacks=[*validation_split(config), recorder, per_type, learning_curve, decisions, timer],
+        callbacks=[
+            *validation_split(config.val_blend, config.seed),
+            recorder,
+            per_type,
+            learning_curve,
+            decisions,
+            timer,
+        ],
         max_epochs=config.epochs if not config.max_minutes else -1,
         max_steps=config.max_steps,
         **budget,

@@ -307,7 +307,7 @@ def compare_threshold_rules(
     model.evaluator = None
     recorder = RawOutputRecorder()
     engine = Engine(
-        callbacks=[*validation_split(config), recorder],
+        callbacks=[*validation_split(config.val_blend, config.seed), recorder],
         max_epochs=config.epochs,
         max_steps=config.max_steps,
         default_root_dir=output / name,

@@ -25,7 +25,6 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
 
 from anomalib_rdx.components import ScoreAUROC
-from anomalib_rdx.data import SyntheticValidation
 
 from .accuracy import (
     BenchmarkConfig,
@@ -33,6 +32,7 @@ from .accuracy import (
     load_benchmark_checkpoint,
     model_argument,
     parsed_val_blend,
+    validation_split,
 )
 
 TOP_K_SHARES = (0.001, 0.01, 0.05)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     for overrides in [{}, *args.variants]:
         model = load_benchmark_checkpoint(args.model, args.checkpoint, args.image_size, **overrides)
         outputs = ValidationOutputs()
-        split = [SyntheticValidation(val_blend, seed=args.seed)] if val_blend else []
+        split = validation_split(val_blend, args.seed)
         engine = Engine(callbacks=[*split, outputs], logger=False, default_root_dir="results/scoring_study", devices=1)
         engine.validate(model, datamodule=datamodule, verbose=False)
         maps, labels, masks = torch.cat(outputs.maps), torch.cat(outputs.labels), torch.cat(outputs.masks)
