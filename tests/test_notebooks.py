@@ -55,7 +55,7 @@ def test_openvino_deployment_notebook(tmp_path: Path) -> None:
 def test_getting_started_notebook(tmp_path: Path) -> None:
     notebook = execute("getting_started.ipynb", tmp_path, NOTEBOOK_EPOCHS="1")
     text = outputs_text(notebook)
-    assert "train 32, validation 8, test" in text
+    assert "train 96, validation 24, test 70 images" in text
     assert "'image_AUROC'" in text
     assert any(
         output.get("output_type") == "display_data" for cell in notebook.cells for output in cell.get("outputs", [])
