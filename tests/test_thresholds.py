@@ -230,6 +230,7 @@ def test_distillation_models_default_to_calibrated_scores_with_f1_adaptive_label
         ("threshold", "f1"),
         ("num_knots", 3),
         ("pixel_threshold_rule", "f1"),
+        ("map_scale", "pixels"),
     ],
 )
 def test_bad_argument_raises_naming_it(argument: str, value: object) -> None:
@@ -249,3 +250,47 @@ def test_validation_without_normal_images_raises_naming_the_split() -> None:
     post_processor.on_validation_batch_end(None, None, batch)
     with pytest.raises(NoNormalValidationImagesError, match="val_split_mode"):
         post_processor.on_validation_epoch_end(None, None)
+
+
+def _calibrated_on(normal_maps: torch.Tensor, map_scale: str) -> NormalQuantilePostProcessor:
+    post_processor = NormalQuantilePostProcessor(map_scale=map_scale)
+    batch = ImageBatch(
+        image=torch.rand(len(normal_maps), 3, *normal_maps.shape[-2:]),
+        gt_label=torch.zeros(len(normal_maps), dtype=torch.long),
+        pred_score=normal_maps.amax(dim=(-2, -1)),
+        anomaly_map=normal_maps,
+    )
+    post_processor.on_validation_epoch_start(None, None)
+    post_processor.on_validation_batch_end(None, None, batch)
+    post_processor.on_validation_epoch_end(None, None)
+    return post_processor
+
+
+def test_heat_maps_of_good_parts_stay_low_on_the_normal_maxima_scale() -> None:
+    """``normal_maxima``: a good part's map is low but for its hottest spot; ``normal_pixels``: half of it is hot."""
+    generator = torch.Generator().manual_seed(0)
+    normal_maps = 1.0 + 0.1 * torch.randn(12, 32, 32, generator=generator)
+    good_part = normal_maps[:1]
+    by_maxima = quantile_transform(good_part, _calibrated_on(normal_maps, "normal_maxima").pixel_knots)
+    by_pixels = quantile_transform(good_part, _calibrated_on(normal_maps, "normal_pixels").pixel_knots)
+    assert float((by_maxima > 0.5).float().mean()) < 0.01
+    assert float((by_pixels > 0.5).float().mean()) > 0.2
+    # the hottest pixel of the median good part sits at one half on the maxima scale
+    maxima = normal_maps.amax(dim=(-2, -1))
+    median_maximum = maxima.quantile(0.5)
+    calibrated = quantile_transform(median_maximum, _calibrated_on(normal_maps, "normal_maxima").pixel_knots)
+    assert float(calibrated) == pytest.approx(0.5, abs=0.02)
+
+
+def test_calibrated_maps_keep_every_pixel_distinct_against_narrow_knots() -> None:
+    """Knots from a dozen normal map maxima are narrow; pixels far below or above them must not tie (float32).
+
+    The numbers are the bundled main job's (knots 2.76-3.89 for maps whose normal pixels reach down to 0).
+    """
+    maxima = torch.tensor([2.76, 2.80, 2.85, 2.88, 2.91, 2.93, 2.95, 2.96, 3.02, 3.35, 3.88, 3.89])
+    knots = torch.quantile(maxima, torch.linspace(0.0, 1.0, 101))
+    pixels = torch.arange(0.0, 6.0, 1e-3)
+    calibrated = quantile_transform(pixels, knots)
+    assert torch.all(calibrated[1:] > calibrated[:-1])
+    assert float(calibrated.min()) > 0.0
+    assert float(calibrated.max()) < 1.0

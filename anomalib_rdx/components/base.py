@@ -72,11 +72,12 @@ class DistillationModule(AnomalibModule):
         """Scores calibrated on held-out normal images; labels by anomalib's F1-adaptive rule.
 
         The normalised score is the score's quantile among the held-out normal validation images (0.5: as
-        unusual as the median good part, for every model). The default label threshold stays anomalib's
-        F1-adaptive rule on the synthetic validation split: at one epoch on magnetic_tile it reached image
-        F1 0.744 (oracle 0.804), where the false-reject rule at 2% (38 held-out normal images) flagged 0.5%
-        of good parts but passed 78% of defects (F1 0.363). A line that must bound false rejects sets
-        ``NormalQuantilePostProcessor(threshold="false_reject_rate", false_reject_rate=r)`` (CLI:
+        unusual as the median good part, for every model); a map pixel's, its quantile among the maxima of
+        the normal validation maps (0.5: the median good part's hottest spot). The default label threshold
+        stays anomalib's F1-adaptive rule on the synthetic validation split: at one epoch on magnetic_tile
+        it reached image F1 0.744 (oracle 0.804), where the false-reject rule at 2% (38 held-out normal
+        images) flagged 0.5% of good parts but passed 78% of defects (F1 0.363). A line that must bound
+        false rejects sets ``NormalQuantilePostProcessor(threshold="false_reject_rate", false_reject_rate=r)`` (CLI:
         ``--model.post_processor anomalib_rdx.components.NormalQuantilePostProcessor
         --model.post_processor.init_args.threshold false_reject_rate``); see that class for picking ``r``.
         """
