@@ -1,6 +1,7 @@
 """Lightning callbacks of the package."""
 
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
@@ -13,15 +14,36 @@ METRIC_MEANINGS = {
 
 
 class TestSummary(Callback):
-    """Print, after testing, where the heat maps are and what the test metrics mean.
+    """Print, after testing, where the heat maps are, what the test metrics mean and what was decided.
 
     anomalib's own metric table stays (Lightning prints it just after this callback's lines); this adds a
-    few lines for a first-time user. Add it in a config with
-    ``trainer.callbacks: [{class_path: anomalib_rdx.callbacks.TestSummary}]``.
+    few lines for a first-time user, among them the accept/reject decisions on the test images: how many
+    good parts were rejected and how many defective ones caught at the threshold fitted on validation
+    (counted on the process that prints; under DDP that is rank 0's share of the test images).
+    Add it in a config with ``trainer.callbacks: [{class_path: anomalib_rdx.callbacks.TestSummary}]``.
     """
 
-    @staticmethod
-    def summary(trainer: Trainer, pl_module: LightningModule) -> list[str]:
+    def __init__(self) -> None:
+        self.decisions = {"good": 0, "good_rejected": 0, "defective": 0, "defective_caught": 0}
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start counting the decisions afresh."""
+        del trainer, pl_module
+        self.decisions = dict.fromkeys(self.decisions, 0)
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        """Count the batch's labelled images and the decisions on them."""
+        del trainer, pl_module, args
+        labels, decided = getattr(outputs, "gt_label", None), getattr(outputs, "pred_label", None)
+        if labels is None or decided is None:
+            return
+        labels, decided = labels.flatten().bool().cpu(), decided.flatten().bool().cpu()
+        self.decisions["good"] += int((~labels).sum())
+        self.decisions["good_rejected"] += int((~labels & decided).sum())
+        self.decisions["defective"] += int(labels.sum())
+        self.decisions["defective_caught"] += int((labels & decided).sum())
+
+    def summary(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:
         """Return the lines :meth:`on_test_end` prints.
 
         Args:
@@ -29,7 +51,8 @@ class TestSummary(Callback):
             pl_module: Tested model.
 
         Returns:
-            One line for the heat-map folder (when the model saves images) and one per known metric.
+            One line for the heat-map folder (when the model saves images), one per known metric and one
+            for the decisions (when the test images carry labels).
         """
         lines = []
         visualizer = getattr(pl_module, "visualizer", None)
@@ -40,6 +63,13 @@ class TestSummary(Callback):
             value = trainer.callback_metrics.get(name)
             if value is not None:
                 lines.append(f"{name} {float(value):.3f}: {meaning}")
+        counts = self.decisions
+        if counts["good"] or counts["defective"]:
+            lines.append(
+                "At the threshold fitted on validation: "
+                f"{counts['good_rejected']} of {counts['good']} good test images rejected, "
+                f"{counts['defective_caught']} of {counts['defective']} defective ones caught"
+            )
         return lines
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

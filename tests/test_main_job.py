@@ -76,6 +76,9 @@ def test_main_job_detects_the_bundled_defects(tmp_path: Path) -> None:
     found = re.search(r"^image_AUROC (\d\.\d+): ", output, flags=re.MULTILINE)
     assert found, output[-4000:]
     assert "Heat maps of the test images" in output
+    decisions = re.search(r"(\d+) of (\d+) good test images rejected, (\d+) of (\d+) defective ones caught", output)
+    assert decisions, output[-4000:]
+    assert (int(decisions.group(2)), int(decisions.group(4))) == (N_GOOD, N_DEFECTIVE)
     assert len(list(tmp_path.rglob("images/**/*.png"))) == N_GOOD + N_DEFECTIVE
     bound = 0.5 + Z_MARGIN * null_auroc_sigma(N_DEFECTIVE, N_GOOD)
     assert float(found.group(1)) > bound, f"image AUROC {found.group(1)} <= {bound:.3f} ({N_DEFECTIVE}/{N_GOOD})"
