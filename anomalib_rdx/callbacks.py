@@ -25,15 +25,31 @@ class TestSummary(Callback):
 
     def __init__(self) -> None:
         self.decisions = {"good": 0, "good_rejected": 0, "defective": 0, "defective_caught": 0}
+        self._pending: Any = None
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start counting the decisions afresh."""
         del trainer, pl_module
         self.decisions = dict.fromkeys(self.decisions, 0)
+        self._pending = None
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
-        """Count the batch's labelled images and the decisions on them."""
+        """Count the previous batch, and keep this one until the model's post-processor has labelled it.
+
+        The model's own callbacks (anomalib's post-processor among them) run after the trainer's, so the
+        labels of a batch are set only after this hook has seen it.
+        """
         del trainer, pl_module, args
+        self._count(self._pending)
+        self._pending = outputs
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Count the last batch."""
+        del trainer, pl_module
+        self._count(self._pending)
+        self._pending = None
+
+    def _count(self, outputs: Any) -> None:
         labels, decided = getattr(outputs, "gt_label", None), getattr(outputs, "pred_label", None)
         if labels is None or decided is None:
             return
