@@ -89,8 +89,8 @@ def quantile_transform(values: torch.Tensor, knots: torch.Tensor) -> torch.Tenso
     the larger of the neighbouring segment and the knots' whole span, so it stays strictly increasing and
     inside ``(0, 1)``: values beyond every normal one keep their order (AUROC is unchanged) and approach 0
     or 1. A tail as short as its neighbouring segment underflowed float32 when the knots are narrow (the
-    maxima of a dozen normal maps, against which most map pixels lie far below): pixels tied at 0 and the
-    calibrated maps' pixel AUROC moved from 0.620 to 0.665 on the bundled sample. ``NaN`` knots (not
+    maxima of a dozen normal maps, far above most of their pixels): pixels tied at 0, and the calibrated
+    maps' pixel AUROC on the bundled sample moved from 0.620 to 0.665. ``NaN`` knots (not
     calibrated) return ``values`` unchanged. Only subtraction, division, clamps, ``exp`` and sums are
     used, so the map exports to ONNX and OpenVINO.
 
