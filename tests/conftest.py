@@ -1,5 +1,6 @@
 """Shared fixtures: real magnetic_tile data from ``../shared`` and the offline efficientnet_lite0 teacher."""
 
+import math
 import os
 from pathlib import Path
 
@@ -60,3 +61,8 @@ def magnetic_tile_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("subset")
     make_mvtec_subset(SHARED_MAGNETIC_TILE, root / "magnetic_tile", train_good=24, test_good=6, test_per_defect=2)
     return root
+
+
+def null_auroc_sigma(n_positive: int, n_negative: int) -> float:
+    """Standard deviation of the AUROC of scores unrelated to the labels (Mann-Whitney U)."""
+    return math.sqrt((n_positive + n_negative + 1) / (12 * n_positive * n_negative))

@@ -27,7 +27,6 @@ The papers' claims against plain reverse distillation are not asserted either: a
 differences are within what a different seed changes (README, "Every model under a 15-minute budget").
 """
 
-import math
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,7 @@ import pytest
 from anomalib_rdx.benchmark import BenchmarkConfig, run_one
 from anomalib_rdx.data import make_mvtec_subset
 
-from .conftest import SHARED_MAGNETIC_TILE, requires_shared_data
+from .conftest import SHARED_MAGNETIC_TILE, null_auroc_sigma, requires_shared_data
 
 pytestmark = [pytest.mark.slow, requires_shared_data]
 
@@ -48,11 +47,6 @@ MEASURED = {
     "MultiResolutionKD": (0.752, 0.726, 36),
 }
 IMAGE_AUROC_BOUND = 0.60
-
-
-def null_auroc_sigma(n_positive: int, n_negative: int) -> float:
-    """Standard deviation of the AUROC of scores unrelated to the labels (Mann-Whitney U)."""
-    return math.sqrt((n_positive + n_negative + 1) / (12 * n_positive * n_negative))
 
 
 PIXEL_AUROC_PER_TYPE_BOUND = 0.5 + 1.645 * null_auroc_sigma(8, 40 + 8)

@@ -6,7 +6,6 @@ configured model, trained on a shortened budget (``SHORT_EPOCHS`` of the config'
 defective images above the good ones at least ``Z_MARGIN`` of those deviations above chance.
 """
 
-import math
 import re
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import yaml
 from anomalib_rdx.cli import SeededAnomalibCLI
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, null_auroc_sigma
 
 CONFIG = REPO_ROOT / "configs" / "rd_expert.yaml"
 SAMPLE_TEST = SAMPLE_DATA_ROOT / "magnetic_tile" / "test"
@@ -27,11 +26,6 @@ N_GOOD = len(list((SAMPLE_TEST / "good").glob("*.png")))
 N_DEFECTIVE = len([path for path in SAMPLE_TEST.glob("*/*.png") if path.parent.name != "good"])
 Z_MARGIN = 2.326  # one-sided 1% level
 SHORT_EPOCHS = 5
-
-
-def null_auroc_sigma(n_positive: int, n_negative: int) -> float:
-    """Standard deviation of the AUROC of scores unrelated to the labels (Mann-Whitney U)."""
-    return math.sqrt((n_positive + n_negative + 1) / (12 * n_positive * n_negative))
 
 
 def initial_weights(seed: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
