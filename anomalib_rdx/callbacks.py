@@ -3,7 +3,9 @@
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
+
+from anomalib_rdx.components.served import ServedTestBatches
 
 METRIC_MEANINGS = {
     "image_AUROC": "share of (defective, good) test-image pairs scored in the right order; 0.5 is chance, 1 perfect",
@@ -13,43 +15,23 @@ METRIC_MEANINGS = {
 }
 
 
-class TestSummary(Callback):
+class TestSummary(ServedTestBatches):
     """Print, after testing, where the heat maps are, what the test metrics mean and what was decided.
 
     anomalib's own metric table stays (Lightning prints it just after this callback's lines); this adds a
     few lines for a first-time user, among them the accept/reject decisions on the test images: how many
     good parts were rejected and how many defective ones caught at the threshold fitted on validation
-    (counted on the process that prints; under DDP that is rank 0's share of the test images).
+    (counted on the process that prints; under DDP that is rank 0's share of the test images). Each batch
+    is read once the model's post-processor has labelled it (:class:`ServedTestBatches`).
     Add it in a config with ``trainer.callbacks: [{class_path: anomalib_rdx.callbacks.TestSummary}]``.
     """
 
-    def __init__(self) -> None:
+    def reset(self) -> None:
+        """Start counting the decisions afresh (one count per test run)."""
         self.decisions = {"good": 0, "good_rejected": 0, "defective": 0, "defective_caught": 0}
-        self._pending: Any = None
 
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start counting the decisions afresh."""
-        del trainer, pl_module
-        self.decisions = dict.fromkeys(self.decisions, 0)
-        self._pending = None
-
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
-        """Count the previous batch, and keep this one until the model's post-processor has labelled it.
-
-        The model's own callbacks (anomalib's post-processor among them) run after the trainer's, so the
-        labels of a batch are set only after this hook has seen it.
-        """
-        del trainer, pl_module, args
-        self._count(self._pending)
-        self._pending = outputs
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Count the last batch."""
-        del trainer, pl_module
-        self._count(self._pending)
-        self._pending = None
-
-    def _count(self, outputs: Any) -> None:
+    def read(self, outputs: Any) -> None:
+        """Count a served batch's labelled images and the decisions on them."""
         labels, decided = getattr(outputs, "gt_label", None), getattr(outputs, "pred_label", None)
         if labels is None or decided is None:
             return

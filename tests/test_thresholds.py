@@ -271,14 +271,14 @@ def test_heat_maps_of_good_parts_stay_low_on_the_normal_maxima_scale() -> None:
     generator = torch.Generator().manual_seed(0)
     normal_maps = 1.0 + 0.1 * torch.randn(12, 32, 32, generator=generator)
     good_part = normal_maps[:1]
-    by_maxima = quantile_transform(good_part, _calibrated_on(normal_maps, "normal_maxima").pixel_knots)
+    maxima_knots = _calibrated_on(normal_maps, "normal_maxima").pixel_knots
+    by_maxima = quantile_transform(good_part, maxima_knots)
     by_pixels = quantile_transform(good_part, _calibrated_on(normal_maps, "normal_pixels").pixel_knots)
     assert float((by_maxima > 0.5).float().mean()) < 0.01
     assert float((by_pixels > 0.5).float().mean()) > 0.2
     # the hottest pixel of the median good part sits at one half on the maxima scale
-    maxima = normal_maps.amax(dim=(-2, -1))
-    median_maximum = maxima.quantile(0.5)
-    calibrated = quantile_transform(median_maximum, _calibrated_on(normal_maps, "normal_maxima").pixel_knots)
+    median_maximum = normal_maps.amax(dim=(-2, -1)).quantile(0.5)
+    calibrated = quantile_transform(median_maximum, maxima_knots)
     assert float(calibrated) == pytest.approx(0.5, abs=0.02)
 
 

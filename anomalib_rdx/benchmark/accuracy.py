@@ -54,6 +54,7 @@ from tqdm import tqdm
 import anomalib_rdx
 from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.components.checkpoint import load_checkpoint
+from anomalib_rdx.components.served import ServedTestBatches
 from anomalib_rdx.data import SyntheticValidation
 from anomalib_rdx.data.synthetic import check_blend_factor
 
@@ -61,7 +62,6 @@ from .cpu import cpu_description
 from .decisions import DecisionRecorder
 from .measure import DataAndTeacher, inference_parameters, measure_latency, save_model_checkpoint
 from .per_type import PER_TYPE_METRICS, LearningCurve, PerDefectTypeMetrics
-from .served import ServedTestBatches
 from .stock import PATCHCORE_CORESET_RATIO, ModelSkipped, stock_patchcore, stock_reverse_distillation, stock_stfpm
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class TestScoreRecorder(ServedTestBatches):
 
     ``pred_score`` is the network's score (before normalisation); ``normalized_score`` and ``pred_label``
     are what the model serves (read after the post-processor, see
-    :class:`~anomalib_rdx.benchmark.served.ServedTestBatches`).
+    :class:`~anomalib_rdx.components.served.ServedTestBatches`).
     """
 
     def reset(self) -> None:

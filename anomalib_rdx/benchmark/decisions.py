@@ -31,8 +31,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 
 from anomalib_rdx.components.post_processing import NormalQuantilePostProcessor
-
-from .served import ServedTestBatches
+from anomalib_rdx.components.served import ServedTestBatches
 
 
 def pixel_threshold_grid() -> torch.Tensor:
@@ -180,7 +179,7 @@ class DecisionRecorder(ServedTestBatches):
     """Record, during ``Engine.test``, what :func:`image_decisions` and :func:`pixel_decisions` read.
 
     Labels, scores and masks are read as served (after anomalib's post-processor, see
-    :class:`~anomalib_rdx.benchmark.served.ServedTestBatches`).
+    :class:`~anomalib_rdx.components.served.ServedTestBatches`).
     """
 
     def reset(self) -> None:

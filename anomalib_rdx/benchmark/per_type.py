@@ -21,7 +21,7 @@ from anomalib.metrics.base import AnomalibMetric
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 
-from .served import ServedTestBatches
+from anomalib_rdx.components.served import ServedTestBatches
 
 GOOD = "good"
 PER_TYPE_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
@@ -49,7 +49,7 @@ class PerDefectTypeMetrics(ServedTestBatches):
     """Image AUROC, pixel AUROC and PRO (AUPRO to 30% FPR) of the test split, per defect type.
 
     The metrics read each batch as served, after the model's post-processor has normalised it (see
-    :class:`~anomalib_rdx.benchmark.served.ServedTestBatches`), as anomalib's Evaluator does for the pooled
+    :class:`~anomalib_rdx.components.served.ServedTestBatches`), as anomalib's Evaluator does for the pooled
     metrics. Raw outputs would not do: anomalib's AUROC passes scores outside [0, 1] through a sigmoid,
     per update, which saturates large raw scores (PatchCore's distances all became 1.0) and can treat
     batches differently.

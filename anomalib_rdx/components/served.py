@@ -1,4 +1,7 @@
-"""Read test batches as the model serves them: after anomalib's post-processor has normalised them."""
+"""Read test batches as the model serves them: after anomalib's post-processor has normalised them.
+
+Shared by the benchmark's recorders and by :class:`~anomalib_rdx.callbacks.TestSummary`.
+"""
 
 from typing import Any
 
@@ -9,7 +12,7 @@ __all__ = ["ServedTestBatches"]
 
 
 class ServedTestBatches(Callback):
-    """Base of the benchmark's test recorders: hands each test batch to :meth:`read` once it is served.
+    """Base of the test recorders: hands each test batch to :meth:`read` once it is served.
 
     Lightning runs a trainer's callbacks before the model's own (anomalib's post-processor is one), so at
     ``on_test_batch_end`` a batch is neither normalised nor thresholded yet. The batch is kept and read
