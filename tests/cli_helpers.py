@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from anomalib.data import InferenceBatch
 from anomalib.data.utils import read_image
 from anomalib.deploy import OpenVINOInferencer
 from anomalib.models.components import AnomalibModule
@@ -78,29 +79,45 @@ def openvino_inferencer(xml: Path, workdir: Path) -> OpenVINOInferencer:
         os.chdir(previous)
 
 
-def openvino_torch_difference(model: AnomalibModule, xml: Path, images: list[Path]) -> tuple[float, float]:
-    """Largest absolute difference of anomaly maps and of image scores, OpenVINO IR vs PyTorch.
+def openvino_torch_difference(
+    model: AnomalibModule, xml: Path, images: list[Path], relative_error: float = 1e-4
+) -> tuple[float, float]:
+    """How far the OpenVINO IR's normalised maps and scores fall outside PyTorch's FP32 error band.
 
-    Both sides run the whole exported pipeline (resize, model, anomalib's normalisation) on the same
-    image files.
+    Both sides run the whole exported pipeline (resize, model, the post-processor's normalisation) on
+    the same image files. The post-processor's calibration is monotone but can be steep: after one
+    epoch on the test subset, DualStudentKD's normal map maxima span 2.89-2.96 of raw values near 3, so
+    a raw error of 1e-5 of the values moves the normalised map by 5e-4, and a fixed tolerance of 1e-3
+    on normalised values passed on one CPU and failed on another (1.3e-3) with the same export. So
+    PyTorch's raw outputs are moved by ``relative_error`` of their largest magnitude both ways and
+    normalised; the returned figures are how far OpenVINO's values lie outside that band (0 inside it),
+    largest over all maps and over all scores. 1e-4 is above the FP32 differences of two convolution
+    libraries and far below any export defect (a missing blur or a wrong resize moves maps by percents).
     """
     inferencer = openvino_inferencer(xml, xml.parent)
     model.eval()
-    map_difference = score_difference = 0.0
+    post_processor = model.post_processor
+    excess = {"anomaly_map": 0.0, "pred_score": 0.0}
     for path in images:
         image = read_image(path, as_tensor=True)
         with torch.no_grad():
-            expected = model(image[None])
+            raw = model.model(model.pre_processor(image[None]))
+            band = [
+                post_processor(
+                    InferenceBatch(
+                        pred_score=raw.pred_score + sign * relative_error * raw.pred_score.abs().max(),
+                        anomaly_map=raw.anomaly_map + sign * relative_error * raw.anomaly_map.abs().max(),
+                    )
+                )
+                for sign in (-1.0, 1.0)
+            ]
         actual = inferencer.predict(image)
-        map_difference = max(
-            map_difference,
-            float(np.abs(np.asarray(actual.anomaly_map).squeeze() - expected.anomaly_map.numpy().squeeze()).max()),
-        )
-        score_difference = max(
-            score_difference,
-            float(np.abs(np.asarray(actual.pred_score).ravel() - expected.pred_score.numpy().ravel()).max()),
-        )
-    return map_difference, score_difference
+        for name, largest in excess.items():
+            value = np.asarray(getattr(actual, name)).squeeze()
+            low, high = (getattr(output, name).numpy().squeeze() for output in band)
+            outside = np.maximum(np.maximum(low - value, value - high), 0.0)
+            excess[name] = max(largest, float(outside.max()))
+    return excess["anomaly_map"], excess["pred_score"]
 
 
 def evaluate_runtimes(model: AnomalibModule, artifacts: dict[str, Path], root: Path) -> dict[str, float]:
