@@ -13,14 +13,17 @@ images, and reports image and pixel AUROC of PyTorch, FP32 and every INT8 varian
 Variants (``VARIANTS``):
 
 - ``plain``: NNCF's defaults, every quantisable operation in INT8 (anomalib's own ``INT8_PTQ``);
-- ``map_head``: the package's ``INT8_PTQ`` (:func:`anomalib_rdx.components.export.quantize_int8`): the
-  anomaly-map smoothing and everything after it stay FP32;
+- ``map_head``: the anomaly-map smoothing and everything after it stay FP32;
 - ``comparison``: also the feature comparison (what lies between the compared feature maps and the
   smoothing: normalisation, products, sums, upsampling) and the convolutions that produce the compared
   features;
 - ``mixed``: ``map_head`` with NNCF's ``MIXED`` preset (asymmetric activations, for activations that are
   not centred on zero);
-- ``mixed_comparison``: both.
+- ``mixed_comparison``: both;
+- ``score_head``: ``map_head`` and the image score's own operations
+  (:func:`anomalib_rdx.components.export.score_head_nodes`) in FP32: the package's ``INT8_PTQ``
+  (:func:`anomalib_rdx.components.export.quantize_int8`). It differs from ``map_head`` only where the
+  score is not read from the smoothed map (MultiResolutionKD's ``image_score="discrepancy"``).
 
 OpenVINO runs at ``INFERENCE_PRECISION_HINT=f32`` (bf16 would add its own error).
 
@@ -42,7 +45,7 @@ from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from torchvision.transforms.v2 import Resize
 
-from anomalib_rdx.components.export import map_head_nodes, map_smoothing_nodes
+from anomalib_rdx.components.export import comparison_nodes, map_head_nodes, score_head_nodes
 from anomalib_rdx.data.synthetic import replace_validation_split
 
 from .accuracy import BenchmarkConfig, add_val_blend_argument, load_benchmark_checkpoint, parsed_val_blend
@@ -50,34 +53,6 @@ from .cpu import cpu_description
 from .deployment import DeploymentConfig, calibration_datamodule, checkpoint_argument, runtime_metrics
 
 logger = logging.getLogger(__name__)
-
-TRUNK_TYPES = {"Convolution", "GroupConvolution", "Parameter", "Constant"}
-
-
-def comparison_nodes(model: "openvino.Model") -> list[str]:  # noqa: F821
-    """Operations between the compared feature maps and the map smoothing, and the convolutions feeding them.
-
-    Walks upstream from the smoothing convolutions and stops at convolutions (kept, they produce the
-    compared features) and at tensors that the networks also use further on (a teacher level that feeds
-    the next block), so the walk never enters the networks' trunks.
-    """
-    smoothing = set(map_smoothing_nodes(model))
-    names: list[str] = []
-    frontier = [op for op in model.get_ops() if op.get_friendly_name() in smoothing]
-    seen = {op.get_friendly_name() for op in frontier}
-    while frontier:
-        op = frontier.pop()
-        for source in (value.get_source_output().get_node() for value in op.inputs()):
-            name = source.get_friendly_name()
-            if name in seen or source.get_type_name() in {"Parameter", "Constant"}:
-                continue
-            seen.add(name)
-            names.append(name)
-            consumers = [target.get_node() for out in source.outputs() for target in out.get_target_inputs()]
-            feeds_trunk = any(consumer.get_type_name() in TRUNK_TYPES for consumer in consumers)
-            if source.get_type_name() not in TRUNK_TYPES and not feeds_trunk:
-                frontier.append(source)
-    return names
 
 
 def _quantize(xml: Path, calibration: MVTecAD, ignore: Callable | None, preset: str | None) -> "openvino.Model":  # noqa: F821
@@ -100,6 +75,7 @@ VARIANTS: dict[str, tuple[Callable | None, str | None]] = {
     "comparison": (lambda model: map_head_nodes(model) + comparison_nodes(model), None),
     "mixed": (map_head_nodes, "mixed"),
     "mixed_comparison": (lambda model: map_head_nodes(model) + comparison_nodes(model), "mixed"),
+    "score_head": (lambda model: map_head_nodes(model) + score_head_nodes(model), None),
 }
 
 
