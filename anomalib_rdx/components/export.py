@@ -145,8 +145,7 @@ def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None
             len(dataloader.dataset),
             MIN_CALIBRATION_IMAGES,
         )
-    kept_in_fp32 = map_head_nodes(model)
-    kept_in_fp32 += [name for name in score_head_nodes(model) if name not in set(kept_in_fp32)]
+    kept_in_fp32 = list(dict.fromkeys(map_head_nodes(model) + score_head_nodes(model)))  # in order, once each
     logger.info("INT8: keeping the map head and the image score in FP32 (%d operations)", len(kept_in_fp32))
     calibration = nncf.Dataset(dataloader, lambda batch: batch.image)
     ignored = nncf.IgnoredScope(names=kept_in_fp32, validate=False)  # not every op there is quantisable
