@@ -21,7 +21,7 @@ Variants (``VARIANTS``):
   not centred on zero);
 - ``mixed_comparison``: both;
 - ``score_head``: ``map_head`` and the image score's own operations
-  (:func:`anomalib_rdx.components.export.score_head_nodes`) in FP32: the package's ``INT8_PTQ``
+  (:func:`anomalib_rdx.components.export.int8_fp32_nodes`) in FP32: the package's ``INT8_PTQ``
   (:func:`anomalib_rdx.components.export.quantize_int8`). It differs from ``map_head`` only where the
   score is not read from the smoothed map (MultiResolutionKD's ``image_score="discrepancy"``).
 
@@ -45,7 +45,7 @@ from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from torchvision.transforms.v2 import Resize
 
-from anomalib_rdx.components.export import comparison_nodes, map_head_nodes, score_head_nodes
+from anomalib_rdx.components.export import comparison_nodes, int8_fp32_nodes, map_head_nodes
 from anomalib_rdx.data.synthetic import replace_validation_split
 
 from .accuracy import BenchmarkConfig, add_val_blend_argument, load_benchmark_checkpoint, parsed_val_blend
@@ -75,7 +75,7 @@ VARIANTS: dict[str, tuple[Callable | None, str | None]] = {
     "comparison": (lambda model: map_head_nodes(model) + comparison_nodes(model), None),
     "mixed": (map_head_nodes, "mixed"),
     "mixed_comparison": (lambda model: map_head_nodes(model) + comparison_nodes(model), "mixed"),
-    "score_head": (lambda model: map_head_nodes(model) + score_head_nodes(model), None),
+    "score_head": (int8_fp32_nodes, None),
 }
 
 

@@ -113,6 +113,11 @@ def score_head_nodes(model: "openvino.Model") -> list[str]:  # noqa: F821
     return comparison_nodes(model, [result.get_friendly_name() for result in scores])
 
 
+def int8_fp32_nodes(model: "openvino.Model") -> list[str]:  # noqa: F821
+    """Name what :func:`quantize_int8` keeps in FP32: the map head and the image score's operations, once each."""
+    return list(dict.fromkeys(map_head_nodes(model) + score_head_nodes(model)))
+
+
 def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None) -> "openvino.Model":  # noqa: F821
     """NNCF post-training INT8 quantisation calibrated on ``datamodule``'s validation images.
 
@@ -145,7 +150,7 @@ def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None
             len(dataloader.dataset),
             MIN_CALIBRATION_IMAGES,
         )
-    kept_in_fp32 = list(dict.fromkeys(map_head_nodes(model) + score_head_nodes(model)))  # in order, once each
+    kept_in_fp32 = int8_fp32_nodes(model)
     logger.info("INT8: keeping the map head and the image score in FP32 (%d operations)", len(kept_in_fp32))
     calibration = nncf.Dataset(dataloader, lambda batch: batch.image)
     ignored = nncf.IgnoredScope(names=kept_in_fp32, validate=False)  # not every op there is quantisable
