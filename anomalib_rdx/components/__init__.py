@@ -1,5 +1,6 @@
 """Building blocks shared by the models of ``anomalib_rdx``."""
 
+from .anomaly_map import CosineDistanceMap, SeparableGaussianBlur
 from .backbone import BackboneError, FeaturePyramid, build_feature_extractor, describe_feature_pyramid, set_trainable
 from .base import DistillationModule
 from .decoder import PyramidBottleneck, PyramidDecoder, StagedDecoder, build_student, check_input_size
@@ -11,6 +12,7 @@ from .weights import WeightsMismatchError, load_backbone_weights, resolve_weight
 
 __all__ = [
     "BackboneError",
+    "CosineDistanceMap",
     "DistillationModule",
     "FeaturePyramid",
     "ImageNetNormalization",
@@ -19,6 +21,7 @@ __all__ = [
     "PyramidBottleneck",
     "PyramidDecoder",
     "ScoreAUROC",
+    "SeparableGaussianBlur",
     "StagedDecoder",
     "WeightsMismatchError",
     "build_feature_extractor",

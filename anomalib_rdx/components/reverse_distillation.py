@@ -4,16 +4,17 @@ A teacher encoder (any timm CNN), a one-class bottleneck and a student decoder t
 teacher (Deng & Li, "Anomaly Detection via Reverse Distillation from One-Class Embedding", CVPR
 2022). Scoring is the same for every reverse-distillation model of the package: the sum over scales
 of ``1 - cos(teacher, student)``, upsampled to the input size, blurred with a Gaussian of sigma 4,
-and the image score is the map's maximum (anomalib's ``AnomalyMapGenerator`` in ``add`` mode).
+and the image score is the map's maximum (anomalib's ``AnomalyMapGenerator`` in ``add`` mode, with the
+blur as two 1-D passes: :class:`~anomalib_rdx.components.anomaly_map.CosineDistanceMap`).
 """
 
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 from torch import nn
 
+from .anomaly_map import CosineDistanceMap
 from .backbone import build_feature_extractor
 from .decoder import build_student, check_input_size
 from .network import DistillationNetwork, ImageScore
@@ -57,7 +58,7 @@ class ReverseDistillationNetwork(DistillationNetwork):
         check_input_size(input_size, self.pyramid, backbone)
         check_input_size(self.map_size, self.pyramid, backbone, argument="border_padding")
         self.bottleneck, self.decoder = build_student(backbone, self.pyramid)
-        self.anomaly_map_generator = AnomalyMapGenerator(image_size=self.map_size, mode=AnomalyMapGenerationMode.ADD)
+        self.anomaly_map_generator = CosineDistanceMap(self.map_size, mode="add")
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Parameters of the student (bottleneck and decoder)."""

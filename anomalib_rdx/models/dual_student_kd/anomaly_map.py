@@ -4,8 +4,9 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 from torch import nn
+
+from anomalib_rdx.components.anomaly_map import CosineDistanceMap
 
 ScaleCombination = Literal["add", "multiply"]
 StudentCombination = Literal["mean", "max", "multiply"]
@@ -40,7 +41,7 @@ class DualStudentAnomalyMap(nn.Module):
             msg = f"student_combination must be 'mean', 'max' or 'multiply', got {student_combination!r}."
             raise ValueError(msg)
         self.student_combination = student_combination
-        self.per_student = AnomalyMapGenerator(image_size=image_size, mode=AnomalyMapGenerationMode(scale_combination))
+        self.per_student = CosineDistanceMap(image_size, mode=scale_combination)
 
     def forward(self, teacher: Sequence[torch.Tensor], students: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
         """Anomaly map ``(B, 1, H, W)`` from teacher features and each student's features."""

@@ -22,20 +22,15 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+from anomalib_rdx.components.anomaly_map import SeparableGaussianBlur
 
 GradientMethod = Literal["gradient", "smoothgrad", "guided"]
 GradientRecipe = Literal["official", "raw"]
 GRADIENT_METHODS = ("gradient", "smoothgrad", "guided")
 GRADIENT_RECIPES = ("official", "raw")
-
-
-def gaussian_blur(sigma: float) -> GaussianBlur2d:
-    """Anomalib's Gaussian blur with the usual ``4 sigma`` kernel radius."""
-    kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
-    return GaussianBlur2d(kernel_size=(kernel_size, kernel_size), sigma=(sigma, sigma))
 
 
 class DiscrepancyMapGenerator(nn.Module):
@@ -51,7 +46,7 @@ class DiscrepancyMapGenerator(nn.Module):
         super().__init__()
         self.image_size = tuple(image_size)
         self.mse_weight = mse_weight
-        self.blur = gaussian_blur(sigma)
+        self.blur = SeparableGaussianBlur(sigma)
 
     def forward(self, expert: Sequence[torch.Tensor], cloner: Sequence[torch.Tensor]) -> torch.Tensor:
         """Map ``(B, 1, H, W)``."""
@@ -149,4 +144,4 @@ def gradient_map(
             restore()
     saliency = total / samples
     saliency = _scale_per_image(saliency, upper_quantile=1.0) if official else saliency.amax(dim=1, keepdim=True)
-    return gaussian_blur(sigma).to(saliency.device)(saliency).detach()
+    return SeparableGaussianBlur(sigma).to(saliency.device)(saliency).detach()

@@ -188,7 +188,14 @@ class RDExpertModel(ReverseDistillationNetwork):
         teacher_features, student_features, *expert = features
         if self.map_reference == "teacher":
             return self.anomaly_map_generator(teacher_features, student_features)
-        expert_map = self.anomaly_map_generator(expert[0], student_features)
         if self.map_reference == "expert":
-            return expert_map
-        return expert_map + self.anomaly_map_generator(teacher_features, student_features)
+            return self.anomaly_map_generator(expert[0], student_features)
+        # Both references: their distances are added per level before the one upsampling and blur, which
+        # equals the sum of the two maps (both steps are linear) at half the map head's cost.
+        generator = self.anomaly_map_generator
+        distances = zip(
+            generator.distances(student_features, expert[0]),
+            generator.distances(student_features, teacher_features),
+            strict=True,
+        )
+        return generator.combine([from_expert + from_teacher for from_expert, from_teacher in distances])
