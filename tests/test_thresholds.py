@@ -135,6 +135,64 @@ def test_quantile_scores_are_monotone_and_put_the_median_normal_image_at_one_hal
         assert float((levels <= level).float().mean()) == pytest.approx(level, abs=2 / scores.numel() + 0.01)
 
 
+@pytest.mark.parametrize("count", [4, 5, 17, 101, 1001])
+@pytest.mark.parametrize("tied", [False, True])
+def test_quantile_transform_is_linear_between_knots(count: int, tied: bool) -> None:
+    # Between the second and the second-to-last knot the map passes through (knot i, i / (K - 1)) and is
+    # linear in between; a run of tied knots (a dozen normal maps' maxima can tie) maps to its first level.
+    generator = torch.Generator().manual_seed(count)
+    knots = torch.sort(torch.randn(count, generator=generator)).values
+    if tied:
+        knots = torch.round(knots * 2) / 2
+    step = 1 / (count - 1)
+    interior = knots[1:-1]
+    first_equal = torch.searchsorted(knots, interior).clamp(min=1)  # first knot of each tie run
+    assert torch.allclose(quantile_transform(interior, knots), first_equal * step, atol=1e-6)
+    gaps = knots[2:-1] - knots[1:-2]
+    midpoints = (knots[1:-2] + knots[2:-1]) / 2
+    levels = (torch.arange(1, count - 2) + 0.5) * step
+    open_segments = gaps > 1e-6
+    assert torch.allclose(quantile_transform(midpoints, knots)[open_segments], levels[open_segments], atol=1e-5)
+    if tied and count >= 17:
+        assert not open_segments.all()  # these knots do hold ties
+
+
+class _QuantileModule(torch.nn.Module):
+    def __init__(self, knots: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("knots", knots)
+
+    def forward(self, scores: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantile_transform(scores, self.knots), quantile_transform(maps, self.knots)
+
+
+def test_quantile_transform_exports_to_openvino_for_every_batch_row(tmp_path: Path) -> None:
+    # Batches of (B, 1) scores and (B, 1, H, W) maps through anomalib's export path (dynamo ONNX, then
+    # OpenVINO): an earlier version matched PyTorch on the first row of a score batch only.
+    import openvino as ov
+
+    knots = torch.sort(1.35 + 0.3 * torch.rand(101, generator=torch.Generator().manual_seed(0))).values
+    generator = torch.Generator().manual_seed(1)
+    scores = 1.3 + 0.4 * torch.rand(8, 1, generator=generator)
+    maps = 1.3 + 0.4 * torch.rand(8, 1, 16, 16, generator=generator)
+    module = _QuantileModule(knots)
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(
+        module,
+        (scores, maps),
+        tmp_path / "quantiles.onnx",
+        input_names=["scores", "maps"],
+        dynamic_shapes={"scores": {0: batch}, "maps": {0: batch}},
+        dynamo=True,
+    )
+    converted = ov.convert_model(tmp_path / "quantiles.onnx")
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    served = compiled([scores.numpy(), maps.numpy()])
+    expected = module(scores, maps)
+    for index, reference in enumerate(expected):
+        assert np.allclose(served[compiled.output(index)], reference.numpy(), atol=1e-5)
+
+
 @requires_shared_data
 def test_test_labels_follow_the_stored_thresholds(trained: dict) -> None:
     post_processor = trained["model"].post_processor

@@ -36,7 +36,6 @@ THRESHOLD_RULES = ("false_reject_rate", "f1_adaptive")
 MapScale = Literal["normal_maxima", "normal_pixels"]
 MAP_SCALES = ("normal_maxima", "normal_pixels")
 _MIN_GAP = 1e-12
-_KNOTS_PER_CHUNK = 16
 
 
 class NoNormalValidationImagesError(ValueError):
@@ -91,8 +90,14 @@ def quantile_transform(values: torch.Tensor, knots: torch.Tensor) -> torch.Tenso
     or 1. A tail as short as its neighbouring segment underflowed float32 when the knots are narrow (the
     maxima of a dozen normal maps, far above most of their pixels): pixels tied at 0, and the calibrated
     maps' pixel AUROC on the bundled sample moved from 0.620 to 0.665. ``NaN`` knots (not
-    calibrated) return ``values`` unchanged. Only subtraction, division, clamps, ``exp`` and sums are
-    used, so the map exports to ONNX and OpenVINO.
+    calibrated) return ``values`` unchanged. The graph uses comparisons, gathers, clamps, ``exp`` and sums
+    only, so the map exports to ONNX and OpenVINO.
+
+    Cost: the interior segment of each value is found in two steps (the group of about ``sqrt(K)``
+    knots it falls in, then its place in the group), about ``2 sqrt(K)`` comparisons per pixel. Summing
+    ``K`` clamped segment ramps per pixel, as this function did before, gives the same map and was 7.5
+    of RDExpert's 19 ms served INT8 inference at 256 x 256 on one CPU thread (OpenVINO performance
+    counters, 101 knots).
 
     Args:
         values: Scores or anomaly maps, any shape.
@@ -104,14 +109,37 @@ def quantile_transform(values: torch.Tensor, knots: torch.Tensor) -> torch.Tenso
     span = knots[-1] - knots[0]
     lower = step * torch.exp(((values - knots[1]) / torch.maximum(gaps[0], span)).clamp(max=0.0))
     upper = step * (1.0 - torch.exp(-((values - knots[-2]) / torch.maximum(gaps[-1], span)).clamp(min=0.0)))
-    # Interior segments, a few knots at a time: a small graph without a (values x knots) tensor in memory.
-    middle = torch.zeros_like(values)
-    expanded = values.unsqueeze(-1)
-    for start in range(1, count - 2, _KNOTS_PER_CHUNK):
-        stop = min(start + _KNOTS_PER_CHUNK, count - 2)
-        middle = middle + ((expanded - knots[start:stop]) / gaps[start:stop]).clamp(0.0, 1.0).sum(dim=-1)
+    # Interior part: the full segments below the value plus the covered share of its own segment.
+    below = _interior_knots_below(values, knots[1:-1])  # 0 .. count - 2
+    segment_start = _lookup(knots, below)  # the largest interior knot below the value (when below > 0)
+    covered = ((values - segment_start) / _lookup(gaps, below)).clamp(0.0, 1.0)
+    middle = (below.to(values.dtype) - 1.0 + covered).clamp(0.0, count - 3.0)
     quantiles = lower + step * middle + upper
     return torch.where(torch.isnan(knots[0]), values, quantiles)
+
+
+def _interior_knots_below(values: torch.Tensor, interior: torch.Tensor) -> torch.Tensor:
+    """Count the ``interior`` knots (non-decreasing) strictly below each value: int64, ``values``' shape.
+
+    The knots are split into groups of ``ceil(sqrt(len))``: the group is found among the groups' first
+    knots, then the place inside it, so each value meets about ``2 sqrt(len)`` knots instead of all.
+    """
+    group = math.ceil(math.sqrt(interior.numel()))
+    groups = math.ceil(interior.numel() / group)
+    padding = interior.new_full((groups * group - interior.numel(),), math.inf)
+    table = torch.cat([interior, padding]).view(groups, group)
+    expanded = values.unsqueeze(-1)
+    # The last group whose first knot is below the value (group 0 when none is): every knot of the
+    # groups before it is below the value, none of the groups after it. (Counted over the groups after
+    # the first rather than as ``count - 1`` clamped at 0: OpenVINO's CPU plugin computed that integer
+    # subtraction and clamp wrongly for every batch row of ``(B, 1)`` scores but the first.)
+    group_index = (expanded > table[1:, 0]).sum(dim=-1)
+    return group_index * group + (expanded > _lookup(table, group_index)).sum(dim=-1)
+
+
+def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` along the first dimension, exported as one plain ``Gather`` of the flattened index."""
+    return table.index_select(0, index.flatten()).reshape(index.shape + table.shape[1:])
 
 
 class NormalQuantilePostProcessor(PostProcessor):
