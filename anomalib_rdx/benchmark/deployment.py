@@ -44,6 +44,7 @@ from anomalib.engine import Engine
 from anomalib.metrics import AUROC
 from anomalib.models import ReverseDistillation
 from anomalib.models.components import AnomalibModule
+from torch.nn import functional as F  # noqa: N812
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import Resize
 from tqdm import tqdm
@@ -180,8 +181,9 @@ def runtime_metrics(model: AnomalibModule, artifacts: dict[str, Path], batches: 
     ``artifacts`` maps a runtime name to an OpenVINO IR; ``model`` itself runs as ``"torch"``. The metrics
     are named ``image_AUROC_<runtime>`` and ``pixel_AUROC_<runtime>``.
 
-    Masks go through the model's own pre-processor (its resize, nearest for masks), so they match the
-    maps, which are at the model's input size (MultiResolutionKD: 128x128).
+    Masks go through the model's own pre-processor (its resize, nearest for masks) and, where a network
+    scores at its own size (MultiResolutionKD: 128x128 inside a graph fed 256x256 images), are resized
+    (nearest) to the maps' size, the same for every runtime.
     """
     predictors = _runtime_predictors(model, artifacts)
     image_auroc = {runtime: AUROC(fields=["pred_score", "gt_label"]) for runtime in predictors}
@@ -194,7 +196,10 @@ def runtime_metrics(model: AnomalibModule, artifacts: dict[str, Path], batches: 
             image_auroc[runtime].update(
                 SimpleNamespace(pred_score=torch.from_numpy(batch_scores.astype(np.float32)), gt_label=batch.gt_label)
             )
-            pixel_auroc[runtime].update(SimpleNamespace(anomaly_map=maps, gt_mask=masks.reshape(maps.shape).int()))
+            map_masks = masks.reshape(maps.shape[0], 1, *masks.shape[-2:]).float()
+            if map_masks.shape[-2:] != maps.shape[-2:]:
+                map_masks = F.interpolate(map_masks, size=maps.shape[-2:], mode="nearest")
+            pixel_auroc[runtime].update(SimpleNamespace(anomaly_map=maps, gt_mask=map_masks.reshape(maps.shape).int()))
     metrics = {}
     for runtime in predictors:
         metrics[f"image_AUROC_{runtime}"] = float(image_auroc[runtime].compute())
