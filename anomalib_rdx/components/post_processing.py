@@ -128,13 +128,17 @@ def _interior_knots_below(values: torch.Tensor, interior: torch.Tensor) -> torch
     groups = math.ceil(interior.numel() / group)
     padding = interior.new_full((groups * group - interior.numel(),), math.inf)
     table = torch.cat([interior, padding]).view(groups, group)
-    expanded = values.unsqueeze(-1)
+    # Knots run along a new first dimension, so the comparisons and sums run along the map's contiguous
+    # rows (with the knots last, OpenVINO's CPU kernels took 5 ns per comparison on 128 x 128 maps).
+    leading = values.unsqueeze(0)
     # The last group whose first knot is below the value (group 0 when none is): every knot of the
     # groups before it is below the value, none of the groups after it. (Counted over the groups after
     # the first rather than as ``count - 1`` clamped at 0: OpenVINO's CPU plugin computed that integer
     # subtraction and clamp wrongly for every batch row of ``(B, 1)`` scores but the first.)
-    group_index = (expanded > table[1:, 0]).sum(dim=-1)
-    return group_index * group + (expanded > _lookup(table, group_index)).sum(dim=-1)
+    group_firsts = table[1:, 0].reshape(-1, *([1] * values.dim()))
+    group_index = (leading > group_firsts).sum(dim=0)
+    members = table.T.index_select(1, group_index.flatten()).reshape(group, *group_index.shape)
+    return group_index * group + (leading > members).sum(dim=0)
 
 
 def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
