@@ -7,6 +7,7 @@ from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGen
 
 from anomalib_rdx import RDExpert
 from anomalib_rdx.components import CosineDistanceMap, SeparableGaussianBlur
+from anomalib_rdx.components.anomaly_map import upsample_bilinear
 from anomalib_rdx.models.multiresolution_kd.anomaly_map import DiscrepancyMapGenerator
 
 
@@ -22,6 +23,14 @@ def test_separable_blur_equals_anomalib_blur(sigma: float) -> None:
     maps[:, :, :5, :5] += 10
     dense = GaussianBlur2d(sigma=(sigma, sigma), channels=2, kernel_size=(2 * int(4 * sigma + 0.5) + 1,) * 2)
     assert torch.allclose(SeparableGaussianBlur(sigma)(maps), dense(maps), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("size", [(256, 192), (64, 64), (20, 9)])
+def test_matrix_upsampling_equals_bilinear_interpolation(align_corners: bool, size: tuple[int, int]) -> None:
+    maps = torch.rand(3, 2, 32, 24, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=align_corners)
+    assert torch.allclose(upsample_bilinear(maps, size, align_corners), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_separable_blur_does_smooth() -> None:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_rdx.components.anomaly_map import SeparableGaussianBlur
+from anomalib_rdx.components.anomaly_map import SeparableGaussianBlur, upsample_bilinear
 
 GradientMethod = Literal["gradient", "smoothgrad", "guided"]
 GradientRecipe = Literal["official", "raw"]
@@ -54,9 +54,7 @@ class DiscrepancyMapGenerator(nn.Module):
         for e, c in zip(expert, cloner, strict=True):
             layer_map = 1 - F.cosine_similarity(e, c, dim=1).unsqueeze(1)
             layer_map = layer_map + self.mse_weight * (e - c).pow(2).mean(dim=1, keepdim=True)
-            anomaly_map = anomaly_map + F.interpolate(
-                layer_map, size=self.image_size, mode="bilinear", align_corners=False
-            )
+            anomaly_map = anomaly_map + upsample_bilinear(layer_map, self.image_size, align_corners=False)
         return self.blur(anomaly_map)
 
 
