@@ -11,9 +11,9 @@ from anomalib_rdx.components.anomaly_map import upsample_bilinear
 from anomalib_rdx.models.multiresolution_kd.anomaly_map import DiscrepancyMapGenerator
 
 
-def _dense_blur(sigma: float) -> GaussianBlur2d:
+def _dense_blur(sigma: float, channels: int = 1) -> GaussianBlur2d:
     size = 2 * int(4.0 * sigma + 0.5) + 1
-    return GaussianBlur2d(sigma=(sigma, sigma), kernel_size=(size, size))
+    return GaussianBlur2d(sigma=(sigma, sigma), channels=channels, kernel_size=(size, size))
 
 
 @pytest.mark.parametrize("sigma", [4.0, 2.0])
@@ -21,8 +21,8 @@ def test_separable_blur_equals_anomalib_blur(sigma: float) -> None:
     # Non-square maps, two channels, a bright corner: the reflected borders must match as well.
     maps = torch.rand(3, 2, 70, 45, generator=torch.Generator().manual_seed(0))
     maps[:, :, :5, :5] += 10
-    dense = GaussianBlur2d(sigma=(sigma, sigma), channels=2, kernel_size=(2 * int(4 * sigma + 0.5) + 1,) * 2)
-    assert torch.allclose(SeparableGaussianBlur(sigma)(maps), dense(maps), rtol=1e-5, atol=1e-5)
+    expected = _dense_blur(sigma, channels=2)(maps)
+    assert torch.allclose(SeparableGaussianBlur(sigma)(maps), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("align_corners", [True, False])

@@ -77,8 +77,8 @@ def report(profiles: dict[str, OperationProfile], top: int = 15) -> str:
     lines = [f"CPU: {cpu['cpu']}, {cpu['cores']} cores"]
     lines += [f"{name}: {profile.wall_ms:.2f} ms per run (median)" for name, profile in profiles.items()]
     lines.append("ms per operation type: " + " / ".join(names))
-    kinds = {kind for profile in profiles.values() for kind in profile.by_kind(with_kernel=False)}
     per_kind = {name: profile.by_kind(with_kernel=False) for name, profile in profiles.items()}
+    kinds = {kind for totals in per_kind.values() for kind in totals}
     for kind in sorted(kinds, key=lambda k: -max(per_kind[name].get(k, 0.0) for name in names)):
         values = " / ".join(f"{per_kind[name].get(kind, 0.0):6.2f}" for name in names)
         if any(per_kind[name].get(kind, 0.0) >= 0.01 for name in names):

@@ -18,17 +18,13 @@ thread, 0.4 ms as matrix products), with the same output to float rounding.
 from collections.abc import Sequence
 
 import torch
+from anomalib.models.components.filters.blur import compute_kernel_size
 from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
 from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from .losses import pixel_cosine_distance_maps
-
-
-def gaussian_kernel_size(sigma: float) -> int:
-    """Odd kernel size covering ``4 sigma`` on each side, as anomalib's reverse-distillation map uses."""
-    return 2 * int(4.0 * sigma + 0.5) + 1
 
 
 def _interpolation_matrix(size_in: int, size_out: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
@@ -55,7 +51,7 @@ class SeparableGaussianBlur(nn.Module):
     def __init__(self, sigma: float) -> None:
         super().__init__()
         self.sigma = sigma
-        kernel = get_gaussian_kernel1d(gaussian_kernel_size(sigma), sigma).view(1, -1)
+        kernel = get_gaussian_kernel1d(compute_kernel_size(sigma), sigma).view(1, -1)
         # Not saved in checkpoints: it follows from sigma.
         self.register_buffer("kernel", kernel, persistent=False)
 

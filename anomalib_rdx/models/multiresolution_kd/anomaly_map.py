@@ -23,9 +23,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from anomalib_rdx.components.anomaly_map import SeparableGaussianBlur, upsample_bilinear
+from anomalib_rdx.components.losses import pixel_cosine_distance_maps
 
 GradientMethod = Literal["gradient", "smoothgrad", "guided"]
 GradientRecipe = Literal["official", "raw"]
@@ -52,7 +52,7 @@ class DiscrepancyMapGenerator(nn.Module):
         """Map ``(B, 1, H, W)``."""
         anomaly_map = torch.zeros(expert[0].shape[0], 1, *self.image_size, device=expert[0].device)
         for e, c in zip(expert, cloner, strict=True):
-            layer_map = 1 - F.cosine_similarity(e, c, dim=1).unsqueeze(1)
+            layer_map = pixel_cosine_distance_maps(e, c)
             layer_map = layer_map + self.mse_weight * (e - c).pow(2).mean(dim=1, keepdim=True)
             anomaly_map = anomaly_map + upsample_bilinear(layer_map, self.image_size, align_corners=False)
         return self.blur(anomaly_map)
