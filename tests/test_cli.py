@@ -97,8 +97,12 @@ def test_test_and_predict_from_checkpoint(trained: dict, magnetic_tile_subset: P
 
 
 @pytest.fixture(scope="module")
-def exported(trained: dict, magnetic_tile_subset: Path, lite0_weights: Path) -> dict[str, Path]:
-    """``anomalib export`` of the trained checkpoint to OpenVINO FP32 and INT8 (calibrated on train images)."""
+def exported(trained: dict, lite0_weights: Path) -> dict[str, Path]:
+    """``anomalib export`` of the trained checkpoint to OpenVINO FP32 and INT8.
+
+    INT8 is calibrated as the deployment benchmark calibrates: on half of the full dataset's training
+    images (the subset's 12 held-out training images would set coarser activation ranges than a user gets).
+    """
     args = model_args(trained["class_path"], lite0_weights)
     artifacts = {}
     for runtime, compression in (("openvino_fp32", []), ("openvino_int8", ["--compression_type", "INT8_PTQ"])):
@@ -106,7 +110,7 @@ def exported(trained: dict, magnetic_tile_subset: Path, lite0_weights: Path) -> 
         run_anomalib(
             "export",
             *args,
-            *data_args(magnetic_tile_subset, val_split_mode="from_train"),
+            *data_args(SHARED_MAGNETIC_TILE.parent, val_split_mode="from_train"),
             "--export_type", "openvino",
             *compression,
             "--ckpt_path", str(trained["checkpoint"]),
@@ -151,9 +155,11 @@ def test_visible_validation_split_from_the_command_line() -> None:
     assert "- 0.1\n      - 0.9" in callbacks
 
 
-# INT8 (NNCF post-training quantisation, calibrated on training images) may cost this much image or
-# pixel AUROC against the FP32 IR on 80 held test images; the full-split drop is in the README.
-INT8_MAX_AUROC_DROP = 0.1
+# INT8 (the package's INT8_PTQ, calibrated on 380 training images) may cost this much image or pixel AUROC
+# against the FP32 IR on 80 held test images: the 0.01 that the package's INT8 keeps on the full test split
+# (README, deployment table), plus 0.01 for the few images of this 1-epoch model (INT8 - FP32 image AUROC
+# -0.008 to +0.017 over the four models here; the earlier INT8, calibrated on 12 images, lost up to 0.022).
+INT8_MAX_AUROC_DROP = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -181,4 +187,5 @@ def test_openvino_int8_export_scores_like_fp32(
     metrics = evaluate_runtimes(model, exported, held_test_images)
     assert all(0.0 <= value <= 1.0 for value in metrics.values()), metrics
     for metric in ("image_AUROC", "pixel_AUROC"):
-        assert metrics[f"{metric}_openvino_int8"] >= metrics[f"{metric}_openvino_fp32"] - INT8_MAX_AUROC_DROP, metrics
+        int8, fp32 = metrics[f"{metric}_openvino_int8"], metrics[f"{metric}_openvino_fp32"]
+        assert int8 >= fp32 - INT8_MAX_AUROC_DROP, f"{trained['class_path']} {metric}: INT8 {int8:.4f}, FP32 {fp32:.4f}"

@@ -4,7 +4,7 @@
   ``find_unused_parameters`` there, see ``DistillationModule._let_ddp_skip_unused_parameters``).
 - anomalib 2.7: INT8 post-training quantisation goes through the static method
   ``_post_training_quantization_ov(model, datamodule)``, which the models override to keep the map
-  smoothing in FP32 (see ``anomalib_rdx.components.export.quantize_int8``).
+  head and other accuracy-critical operations in FP32 (see ``anomalib_rdx.components.export.quantize_int8``).
 """
 
 import inspect

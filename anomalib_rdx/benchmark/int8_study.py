@@ -21,9 +21,18 @@ Variants (``VARIANTS``):
   not centred on zero);
 - ``mixed_comparison``: both;
 - ``score_head``: ``map_head`` and the image score's own operations
-  (:func:`anomalib_rdx.components.export.int8_fp32_nodes`) in FP32: the package's ``INT8_PTQ``
-  (:func:`anomalib_rdx.components.export.quantize_int8`). It differs from ``map_head`` only where the
-  score is not read from the smoothed map (MultiResolutionKD's ``image_score="discrepancy"``).
+  (:func:`anomalib_rdx.components.export.int8_fp32_nodes`) in FP32, the package's earlier ``INT8_PTQ``.
+  It differs from ``map_head`` only where the score is not read from the smoothed map
+  (MultiResolutionKD's ``image_score="discrepancy"``);
+- ``image_convolutions``: ``score_head`` and the first three convolutions on every path from the image
+  (:func:`anomalib_rdx.components.export.image_convolution_nodes`: an EfficientNet's stem and first block,
+  in every network that reads the image);
+- ``image_comparison``: ``image_convolutions`` and the feature comparison with the convolutions that
+  produce the compared features (:func:`anomalib_rdx.components.export.comparison_nodes`): the package's
+  ``INT8_PTQ`` (:func:`anomalib_rdx.components.export.quantize_int8`);
+- ``fp32:<module prefix>[+...]``: ``score_head`` and every operation of the named PyTorch modules
+  (``fp32:model.teacher``, ``fp32:model.decoder.stages.0.2+model.decoder.stages.1.2``), to find which
+  sub-network's quantisation costs accuracy (:func:`module_labels`).
 
 OpenVINO runs at ``INFERENCE_PRECISION_HINT=f32`` (bf16 would add its own error).
 
@@ -45,7 +54,7 @@ from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from torchvision.transforms.v2 import Resize
 
-from anomalib_rdx.components.export import comparison_nodes, int8_fp32_nodes, map_head_nodes
+from anomalib_rdx.components.export import IMAGE_CONVOLUTIONS, comparison_nodes, int8_fp32_nodes, map_head_nodes
 from anomalib_rdx.data.synthetic import replace_validation_split
 
 from .accuracy import BenchmarkConfig, add_val_blend_argument, load_benchmark_checkpoint, parsed_val_blend
@@ -69,6 +78,49 @@ def _quantize(xml: Path, calibration: MVTecAD, ignore: Callable | None, preset: 
     return nncf.quantize(model, dataset, **kwargs)
 
 
+def module_labels(model: "openvino.Model") -> dict[str, str]:  # noqa: F821
+    """Label every operation with the PyTorch module it came from, read from the exporter's weight names.
+
+    A convolution or matrix product whose weight keeps its parameter name (``model.teacher.….weight``) is
+    labelled with that module; any other operation takes the label of its first labelled input (a
+    depthwise convolution, whose folded weight lost its name, the label of the convolution before it).
+    """
+    labels: dict[str, str] = {}
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() in {"Convolution", "GroupConvolution", "MatMul"}:
+            weight = op.input(1).get_source_output().get_node()
+            while weight.get_type_name() != "Constant" and weight.get_input_size() > 0:
+                weight = weight.input(0).get_source_output().get_node()
+            parameter = next((n for n in weight.output(0).get_names() if n.startswith("model.")), None)
+            if parameter:
+                labels[name] = parameter.rsplit(".", 1)[0]
+                continue
+        sources = (value.get_source_output().get_node().get_friendly_name() for value in op.inputs())
+        label = next((labels[source] for source in sources if source in labels), None)
+        if label:
+            labels[name] = label
+    return labels
+
+
+def module_variant(variant: str) -> Callable:
+    """``fp32:<prefix>[+<prefix>...]``: the package's INT8 scope and the modules under those prefixes in FP32."""
+    prefixes = tuple(variant.removeprefix("fp32:").split("+"))
+
+    def ignore(model: "openvino.Model") -> list[str]:  # noqa: F821
+        modules = [name for name, label in module_labels(model).items() if label.startswith(prefixes)]
+        return int8_fp32_nodes(model) + modules
+
+    return ignore
+
+
+def _variant(value: str) -> str:
+    if value in VARIANTS or (value.startswith("fp32:") and len(value) > len("fp32:")):
+        return value
+    msg = f"unknown variant {value!r}: one of {sorted(VARIANTS)} or fp32:<module prefix>[+<module prefix>...]"
+    raise argparse.ArgumentTypeError(msg)
+
+
 VARIANTS: dict[str, tuple[Callable | None, str | None]] = {
     "plain": (None, None),
     "map_head": (map_head_nodes, None),
@@ -76,6 +128,8 @@ VARIANTS: dict[str, tuple[Callable | None, str | None]] = {
     "mixed": (map_head_nodes, "mixed"),
     "mixed_comparison": (lambda model: map_head_nodes(model) + comparison_nodes(model), "mixed"),
     "score_head": (int8_fp32_nodes, None),
+    "image_convolutions": (lambda model: int8_fp32_nodes(model, IMAGE_CONVOLUTIONS), None),
+    "image_comparison": (lambda model: int8_fp32_nodes(model, IMAGE_CONVOLUTIONS, comparison=True), None),
 }
 
 
@@ -125,7 +179,7 @@ def study(
     calibration.setup("fit")
     artifacts = {"openvino_fp32": fp32}
     for variant in variants:
-        ignore, preset = VARIANTS[variant]
+        ignore, preset = VARIANTS[variant] if variant in VARIANTS else (module_variant(variant), None)
         path = workdir / f"int8_{variant}.xml"
         ov.save_model(_quantize(fp32, calibration, ignore, preset), path)
         artifacts[f"int8_{variant}"] = path
@@ -171,7 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default=defaults.root, help="parent folder of the MVTec-layout category folder")
     parser.add_argument("--category", default=defaults.category)
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        type=_variant,
+        default=list(VARIANTS),
+        help=f"any of {sorted(VARIANTS)}, or fp32:<module prefix>[+...] (e.g. fp32:model.teacher+model.decoder): "
+        "the map head and score in FP32 and those modules as well",
+    )
     add_val_blend_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/int8_study.json"))
     args = parser.parse_args(argv)

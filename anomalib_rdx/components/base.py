@@ -4,8 +4,8 @@ It fixes what the four models have in common as anomalib models: a pre-processor
 (the model normalises inside, see :mod:`anomalib_rdx.components.normalization`), one-class learning,
 no gradient clipping, and validation that stores anomaly maps and scores for anomalib's
 post-processor and evaluator. Export goes through anomalib's own ``to_onnx``/``to_openvino``, with a
-failed export naming its blocking operation and INT8 quantisation keeping the map smoothing in FP32
-(:mod:`anomalib_rdx.components.export`).
+failed export naming its blocking operation and INT8 quantisation keeping the map head, the feature
+comparison and the convolutions that read the image in FP32 (:mod:`anomalib_rdx.components.export`).
 """
 
 from pathlib import Path
@@ -222,5 +222,5 @@ class DistillationModule(AnomalibModule):
 
     @staticmethod
     def _post_training_quantization_ov(model: Any, datamodule: AnomalibDataModule | None = None) -> Any:
-        """INT8 post-training quantisation with the anomaly-map smoothing kept in FP32 (see ``quantize_int8``)."""
+        """INT8 post-training quantisation that keeps the accuracy-critical operations in FP32 (``quantize_int8``)."""
         return quantize_int8(model, datamodule)
