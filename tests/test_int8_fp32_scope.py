@@ -18,6 +18,8 @@ from anomalib_rdx.benchmark.int8_study import module_labels, module_variant
 from anomalib_rdx.components.export import comparison_nodes, image_convolution_nodes, quantize_int8
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
+from .openvino_helpers import export_openvino_ir, quantised_inputs
+
 pytestmark = pytest.mark.slow
 
 IMAGE_SIZE = 64
@@ -29,21 +31,6 @@ def weight_name(convolution: ov.Node) -> str:
     while source.get_type_name() != "Constant" and source.get_input_size() > 0:
         source = source.input(0).get_source_output().get_node()
     return next((name for name in source.output(0).get_names() if name.startswith("model.")), "")
-
-
-def fake_quantized(model: ov.Model, names: set[str]) -> set[str]:
-    """Those of ``names`` whose data or weight input comes from a FakeQuantize (directly or through a Convert)."""
-    found = set()
-    for op in model.get_ops():
-        if op.get_friendly_name() not in names:
-            continue
-        for value in op.inputs():
-            source = value.get_source_output().get_node()
-            if source.get_type_name() == "Convert":
-                source = source.input(0).get_source_output().get_node()
-            if source.get_type_name() == "FakeQuantize":
-                found.add(op.get_friendly_name())
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +47,7 @@ def rd_expert_ir(tmp_path_factory: pytest.TempPathFactory, lite0_weights: Path) 
     with torch.no_grad():
         for parameter in model.model.teacher.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
-    export_root = tmp_path_factory.mktemp("rd_expert_ir")
-    model.to_openvino(export_root=export_root)
-    return ov.Core().read_model(next(export_root.rglob("model.xml")))
+    return export_openvino_ir(model, tmp_path_factory.mktemp("rd_expert_ir"))
 
 
 def convolutions(model: ov.Model) -> dict[str, ov.Node]:
@@ -99,10 +84,10 @@ def test_int8_keeps_image_convolutions_and_comparison_in_fp32(rd_expert_ir: ov.M
     }
     datamodule = calibration_datamodule(DeploymentConfig(root=str(SAMPLE_DATA_ROOT), image_size=IMAGE_SIZE))
     quantised = quantize_int8(rd_expert_ir.clone(), datamodule)
-    assert fake_quantized(quantised, kept) == set()
+    assert quantised_inputs(quantised, kept) == []
     # the rest of the networks is quantised: most convolutions read a FakeQuantize
     others = set(convolutions(quantised)) - kept
-    assert len(fake_quantized(quantised, others)) > 0.8 * len(others)
+    assert len(quantised_inputs(quantised, others)) > 0.8 * len(others)
 
 
 def test_study_labels_operations_with_their_modules(rd_expert_ir: ov.Model) -> None:

@@ -15,21 +15,11 @@ from anomalib_rdx.benchmark.deployment import DeploymentConfig, calibration_data
 from anomalib_rdx.components.export import map_head_nodes, quantize_int8, score_head_nodes
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
+from .openvino_helpers import export_openvino_ir, quantised_inputs
+
 pytestmark = pytest.mark.slow
 
 IMAGE_SIZE = 64
-
-
-def quantised_inputs(model: ov.Model, names: list[str]) -> list[str]:
-    """The operations among ``names`` that read values (not only a shape) straight from a FakeQuantize."""
-    wanted = set(names)
-    return [
-        op.get_friendly_name()
-        for op in model.get_ops()
-        if op.get_friendly_name() in wanted
-        and op.get_type_name() != "ShapeOf"
-        and any(value.get_source_output().get_node().get_type_name() == "FakeQuantize" for value in op.inputs())
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +31,7 @@ def discrepancy_ir(tmp_path_factory: pytest.TempPathFactory, lite0_weights: Path
         image_score="discrepancy",
         pre_processor=MultiResolutionKD.configure_pre_processor((IMAGE_SIZE, IMAGE_SIZE)),
     )
-    export_root = tmp_path_factory.mktemp("mkd_discrepancy")
-    model.to_openvino(export_root=export_root)
-    return ov.Core().read_model(next(export_root.rglob("model.xml")))
+    return export_openvino_ir(model, tmp_path_factory.mktemp("mkd_discrepancy"))
 
 
 def test_discrepancy_score_has_its_own_operations(discrepancy_ir: ov.Model) -> None:
