@@ -14,7 +14,7 @@ import torch
 
 from anomalib_rdx import RDExpert
 from anomalib_rdx.benchmark.deployment import DeploymentConfig, calibration_datamodule
-from anomalib_rdx.benchmark.int8_study import module_labels, module_variant
+from anomalib_rdx.benchmark.int8_study import module_labels, module_variant, weight_parameter_name
 from anomalib_rdx.components.export import comparison_nodes, image_convolution_nodes, quantize_int8
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
@@ -27,10 +27,7 @@ IMAGE_SIZE = 64
 
 def weight_name(convolution: ov.Node) -> str:
     """The parameter name of a convolution's weight ('' where constant folding dropped it: depthwise kernels)."""
-    source = convolution.input(1).get_source_output().get_node()
-    while source.get_type_name() != "Constant" and source.get_input_size() > 0:
-        source = source.input(0).get_source_output().get_node()
-    return next((name for name in source.output(0).get_names() if name.startswith("model.")), "")
+    return weight_parameter_name(convolution) or ""
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +77,9 @@ def test_comparison_reaches_the_students_output_convolutions(rd_expert_ir: ov.Mo
 
 
 def test_int8_keeps_image_convolutions_and_comparison_in_fp32(rd_expert_ir: ov.Model) -> None:
-    kept = set(image_convolution_nodes(rd_expert_ir, 3)) | {
-        name for name in comparison_nodes(rd_expert_ir) if name in convolutions(rd_expert_ir)
-    }
+    convs = convolutions(rd_expert_ir)
+    compared = {name for name in comparison_nodes(rd_expert_ir) if name in convs}
+    kept = set(image_convolution_nodes(rd_expert_ir, 3)) | compared
     datamodule = calibration_datamodule(DeploymentConfig(root=str(SAMPLE_DATA_ROOT), image_size=IMAGE_SIZE))
     quantised = quantize_int8(rd_expert_ir.clone(), datamodule)
     assert quantised_inputs(quantised, kept) == []

@@ -78,6 +78,18 @@ def _quantize(xml: Path, calibration: MVTecAD, ignore: Callable | None, preset: 
     return nncf.quantize(model, dataset, **kwargs)
 
 
+def weight_parameter_name(op: "openvino.Node") -> str | None:  # noqa: F821
+    """Read the PyTorch parameter name of ``op``'s weight (its second input), where the exporter kept it.
+
+    Walks back from the weight input to its constant; ``None`` where constant folding dropped the name
+    (a depthwise convolution's reshaped kernel).
+    """
+    weight = op.input(1).get_source_output().get_node()
+    while weight.get_type_name() != "Constant" and weight.get_input_size() > 0:
+        weight = weight.input(0).get_source_output().get_node()
+    return next((name for name in weight.output(0).get_names() if name.startswith("model.")), None)
+
+
 def module_labels(model: "openvino.Model") -> dict[str, str]:  # noqa: F821
     """Label every operation with the PyTorch module it came from, read from the exporter's weight names.
 
@@ -89,10 +101,7 @@ def module_labels(model: "openvino.Model") -> dict[str, str]:  # noqa: F821
     for op in model.get_ordered_ops():
         name = op.get_friendly_name()
         if op.get_type_name() in {"Convolution", "GroupConvolution", "MatMul"}:
-            weight = op.input(1).get_source_output().get_node()
-            while weight.get_type_name() != "Constant" and weight.get_input_size() > 0:
-                weight = weight.input(0).get_source_output().get_node()
-            parameter = next((n for n in weight.output(0).get_names() if n.startswith("model.")), None)
+            parameter = weight_parameter_name(op)
             if parameter:
                 labels[name] = parameter.rsplit(".", 1)[0]
                 continue
