@@ -159,6 +159,20 @@ def test_trained_checkpoint_is_evaluated_without_training(benchmark_output: Path
     }
 
 
+def test_a_step_budget_trains_past_the_first_epoch(benchmark_output: Path, lite0_weights: Path) -> None:
+    """``--max-steps`` lifts the default one-epoch limit (it once stopped at one epoch, whatever the steps)."""
+    root = benchmark_output.parent
+    main([
+        "--data", str(root / "magnetic_tile"), "--models", "AugmentedRD-plain",
+        "--backbone-weights", str(lite0_weights), "--image-size", "64", "--num-workers", "0",
+        "--train-batch-size", "4", "--max-steps", "6", "--output", str(root / "steps"),
+    ])  # fmt: skip
+    (row,) = json.loads((root / "steps" / "results.json").read_text())["results"]
+    assert row["train_steps"] == 6  # 14 training images at batch 4: four steps per epoch
+    assert BenchmarkConfig(max_steps=6, epochs=1).training_budget() == {"max_epochs": -1, "max_steps": 6}
+    assert BenchmarkConfig(epochs=2).training_budget() == {"max_epochs": 2, "max_steps": -1}
+
+
 def test_model_arguments_reach_the_models_that_take_them(lite0_weights: Path) -> None:
     """``--model-arg`` sets a constructor argument of the models that take it; a typo is refused by name."""
     config = BenchmarkConfig(backbone_weights=str(lite0_weights), image_size=64, model_options={"teacher_lr": 1e-5})

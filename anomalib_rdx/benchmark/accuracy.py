@@ -96,6 +96,16 @@ class BenchmarkConfig(DataAndTeacher):
     trained_checkpoint: str | None = None
     """Evaluate this checkpoint (with ``inference_options`` as overrides) instead of training."""
 
+    def training_budget(self) -> dict:
+        """Lightning trainer arguments of the budget: ``max_minutes``, else ``max_steps`` (> 0), else ``epochs``.
+
+        A step or time budget lifts the epoch limit (Lightning stops at whichever limit comes first).
+        """
+        budget: dict = {"max_epochs": -1, "max_steps": self.max_steps}
+        if self.max_minutes:
+            return budget | {"max_time": {"seconds": self.max_minutes * 60}}
+        return budget if self.max_steps > 0 else budget | {"max_epochs": self.epochs}
+
 
 def _teacher_kwargs(config: BenchmarkConfig) -> dict:
     return {
@@ -332,7 +342,6 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
     folder = output / name / f"seed{config.seed}"
     recorder, per_type, learning_curve = TestScoreRecorder(), PerDefectTypeMetrics(), LearningCurve()
     decisions, timer = DecisionRecorder(), BenchmarkTimer()
-    budget = {"max_time": {"seconds": config.max_minutes * 60}} if config.max_minutes else {}
     validation = (
         {"val_check_interval": config.val_check_interval, "check_val_every_n_epoch": None}
         if config.val_check_interval
@@ -347,9 +356,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
             decisions,
             timer,
         ],
-        max_epochs=config.epochs if not config.max_minutes else -1,
-        max_steps=config.max_steps,
-        **budget,
+        **config.training_budget(),
         **validation,
         default_root_dir=folder,
         logger=False,

@@ -307,8 +307,7 @@ def compare_threshold_rules(
     recorder = RawOutputRecorder()
     engine = Engine(
         callbacks=[*validation_split(config.val_blend, config.seed), recorder],
-        max_epochs=config.epochs,
-        max_steps=config.max_steps,
+        **config.training_budget(),
         default_root_dir=output / name,
         logger=False,
         enable_progress_bar=False,
