@@ -6,6 +6,7 @@ check on a real exported RDExpert graph that the graph rules find exactly those 
 ``quantize_int8`` leaves them unquantised while it still quantises the rest of the networks.
 """
 
+import argparse
 from pathlib import Path
 
 import openvino as ov
@@ -14,7 +15,13 @@ import torch
 
 from anomalib_rdx import RDExpert
 from anomalib_rdx.benchmark.deployment import DeploymentConfig, calibration_datamodule
-from anomalib_rdx.benchmark.int8_study import module_labels, module_variant, weight_parameter_name
+from anomalib_rdx.benchmark.int8_study import (
+    module_labels,
+    module_variant,
+    parse_variant,
+    variant_rule,
+    weight_parameter_name,
+)
 from anomalib_rdx.components.export import comparison_nodes, image_convolution_nodes, quantize_int8
 from anomalib_rdx.data import SAMPLE_DATA_ROOT
 
@@ -99,3 +106,17 @@ def test_study_labels_operations_with_their_modules(rd_expert_ir: ov.Model) -> N
     assert decoder
     assert decoder <= kept
     assert not any(labels[name].startswith("model.teacher.") for name in kept if name in convs)
+
+
+def test_study_depth_variant_keeps_that_many_image_convolutions(rd_expert_ir: ov.Model) -> None:
+    stems = set(image_convolution_nodes(rd_expert_ir, 1))
+    first_blocks = set(image_convolution_nodes(rd_expert_ir, 3)) - stems
+    stems_only, _ = variant_rule(parse_variant("image_comparison:1"))
+    kept = set(stems_only(rd_expert_ir))
+    assert stems <= kept
+    assert not first_blocks & kept
+    assert set(comparison_nodes(rd_expert_ir)) <= kept
+    no_image, _ = variant_rule(parse_variant("image_comparison:0"))
+    assert not set(image_convolution_nodes(rd_expert_ir, 3)) & set(no_image(rd_expert_ir))
+    with pytest.raises(argparse.ArgumentTypeError, match="image_comparison:<depth>"):
+        parse_variant("image_comparison:stem")

@@ -30,6 +30,8 @@ Variants (``VARIANTS``):
 - ``image_comparison``: ``image_convolutions`` and the feature comparison with the convolutions that
   produce the compared features (:func:`anomalib_rdx.components.export.comparison_nodes`): the package's
   ``INT8_PTQ`` (:func:`anomalib_rdx.components.export.quantize_int8`);
+- ``image_comparison:<depth>``: ``image_comparison`` with the first ``depth`` convolutions from the image
+  (``0``: none; ``1``: the stems), to see how deep into the networks the image rule must reach;
 - ``fp32:<module prefix>[+...]``: ``score_head`` and every operation of the named PyTorch modules
   (``fp32:model.teacher``, ``fp32:model.decoder.stages.0.2+model.decoder.stages.1.2``), to find which
   sub-network's quantisation costs accuracy (:func:`module_labels`).
@@ -123,10 +125,34 @@ def module_variant(variant: str) -> Callable:
     return ignore
 
 
-def _variant(value: str) -> str:
-    if value in VARIANTS or (value.startswith("fp32:") and len(value) > len("fp32:")):
+def image_depth_variant(variant: str) -> Callable:
+    """Rule of an ``image_comparison:<depth>`` variant: the package's ``INT8_PTQ`` at that image depth."""
+    depth = int(variant.removeprefix("image_comparison:"))
+    return lambda model: int8_fp32_nodes(model, depth, comparison=True)
+
+
+def variant_rule(variant: str) -> tuple[Callable | None, str | None]:
+    """Return what ``variant`` keeps in FP32 (a function of the OpenVINO model) and its NNCF preset."""
+    if variant in VARIANTS:
+        return VARIANTS[variant]
+    if variant.startswith("image_comparison:"):
+        return image_depth_variant(variant), None
+    return module_variant(variant), None
+
+
+def parse_variant(value: str) -> str:
+    """Check a ``--variants`` value: a known variant, ``image_comparison:<depth>`` or ``fp32:<modules>``."""
+    depth = value.removeprefix("image_comparison:")
+    if (
+        value in VARIANTS
+        or (value.startswith("fp32:") and len(value) > len("fp32:"))
+        or (value.startswith("image_comparison:") and depth.isdigit())
+    ):
         return value
-    msg = f"unknown variant {value!r}: one of {sorted(VARIANTS)} or fp32:<module prefix>[+<module prefix>...]"
+    msg = (
+        f"unknown variant {value!r}: one of {sorted(VARIANTS)}, image_comparison:<depth> or "
+        "fp32:<module prefix>[+<module prefix>...]"
+    )
     raise argparse.ArgumentTypeError(msg)
 
 
@@ -188,7 +214,7 @@ def study(
     calibration.setup("fit")
     artifacts = {"openvino_fp32": fp32}
     for variant in variants:
-        ignore, preset = VARIANTS[variant] if variant in VARIANTS else (module_variant(variant), None)
+        ignore, preset = variant_rule(variant)
         path = workdir / f"int8_{variant}.xml"
         ov.save_model(_quantize(fp32, calibration, ignore, preset), path)
         artifacts[f"int8_{variant}"] = path
@@ -237,10 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        type=_variant,
+        type=parse_variant,
         default=list(VARIANTS),
-        help=f"any of {sorted(VARIANTS)}, or fp32:<module prefix>[+...] (e.g. fp32:model.teacher+model.decoder): "
-        "the map head and score in FP32 and those modules as well",
+        help=f"any of {sorted(VARIANTS)}; image_comparison:<depth> (image_comparison with that many "
+        "convolutions from the image, 0: none); or fp32:<module prefix>[+...] (e.g. "
+        "fp32:model.teacher+model.decoder): the map head and score in FP32 and those modules as well",
     )
     add_val_blend_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/int8_study.json"))
