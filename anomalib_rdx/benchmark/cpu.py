@@ -3,12 +3,14 @@
 import os
 from pathlib import Path
 
-# CPU flags that decide how fast bf16 runs (PyTorch autocast, OpenVINO's default inference precision).
-CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+# CPU flags that decide how fast INT8 runs (VNNI: 8-bit dot products; without it OpenVINO's INT8
+# convolutions have no fast kernel) and how fast bf16 runs (PyTorch autocast, OpenVINO's default
+# inference precision).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
 def cpu_description() -> dict:
-    """CPU model name, the cores this process may use and the bf16/AMX flags (Linux ``/proc/cpuinfo``).
+    """CPU model name, the cores this process may use and the INT8/bf16 flags (Linux ``/proc/cpuinfo``).
 
     Every timing the benchmarks write carries it: figures from different CPUs are not comparable.
     """
