@@ -19,6 +19,11 @@ this also covers anomalib's stock ``ReverseDistillation``, which cannot use the 
 (its decoder is ResNet-only) and runs as ``ReverseDistillation-stock`` with its default
 wide_resnet50_2 at random weights.
 
+A benchmark checkpoint of anomalib's ``Patchcore`` (``--checkpoint Patchcore=PATH``, same teacher) is the
+reference row: its memory bank is its training, so it needs a checkpoint. anomalib exports it at a
+static batch of 2 (its graph fixes the batch), so it is exported once per measured batch size, its INT8 is
+anomalib's own ``INT8_PTQ`` (every quantisable operation), and its AUROCs are measured at batch 1.
+
 OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX512-BF16 the CPU plugin
 otherwise executes FP32 IRs in bfloat16.
 
@@ -101,14 +106,15 @@ def build_untrained(name: str, config: DeploymentConfig) -> AnomalibModule:
 
     An untrained model has no normalisation statistics (anomalib's post-processor would divide by an
     empty range, which OpenVINO rejects in the INT8 graph), so it is built without post-processor: its
-    graph lacks anomalib's few element-wise normalisation operations, nothing else.
+    graph lacks anomalib's few element-wise normalisation operations, nothing else. RDExpert's teacher is
+    moved off its expert (an untrained one is the expert's copy, which OpenVINO would compute once).
     """
     model_class, overrides = LATENCY_MODELS[name]
     size = (config.image_size, config.image_size)
     pre_processor = model_class.configure_pre_processor(size)
     if model_class is ReverseDistillation:
         return ReverseDistillation(pre_trained=False, pre_processor=pre_processor, post_processor=False)
-    return model_class(
+    model = model_class(
         post_processor=False,
         backbone=config.backbone,
         layers=config.layers,
@@ -117,30 +123,76 @@ def build_untrained(name: str, config: DeploymentConfig) -> AnomalibModule:
         pre_processor=pre_processor,
         **overrides,
     )
+    if isinstance(model, anomalib_rdx.RDExpert) and model.use_expert:
+        # Untrained, RDExpert's teacher is its expert's copy, and OpenVINO computes the two identical
+        # networks once: move the teacher as training does, so the graph holds both, as a trained one.
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in model.model.teacher.parameters():
+                parameter.add_(1e-3 * torch.randn(parameter.shape, generator=generator))
+    return model
 
 
-def export_all(model: AnomalibModule, export_root: Path, datamodule: MVTecAD, image_size: int) -> dict[str, Path]:
+def export_all(
+    model: AnomalibModule, export_root: Path, datamodule: MVTecAD, image_size: int, batch: int | None = None
+) -> dict[str, Path]:
     """Write the PyTorch checkpoint, FP32 IR and INT8 IR (``Engine.export``) of ``model``; return their paths.
 
     PyTorch is timed from a checkpoint read as data only, not from anomalib's ``.pt`` torch export, whose
-    loading unpickles a module (runs code).
+    loading unpickles a module (runs code). ``batch`` exports the IRs at that static batch size (anomalib's
+    default: a dynamic batch). The INT8 IR is calibrated with batches of the FP32 IR's static batch size,
+    where it has one.
     """
     engine = Engine(logger=False, default_root_dir=export_root, accelerator="cpu", devices=1)
     size = (image_size, image_size)
     artifacts = {"torch": save_model_checkpoint(model, export_root / "torch" / "model.ckpt")}
-    for runtime, export_type, compression in (
-        ("openvino_fp32", ExportType.OPENVINO, None),
-        ("openvino_int8", ExportType.OPENVINO, CompressionType.INT8_PTQ),
-    ):
-        artifacts[runtime] = engine.export(
+    onnx_kwargs = {"dynamic_shapes": ({0: batch},)} if batch else None
+    fp32 = engine.export(
+        model, ExportType.OPENVINO, export_root=export_root / "openvino_fp32", input_size=size, onnx_kwargs=onnx_kwargs
+    )
+    artifacts["openvino_fp32"] = fp32
+    fixed = static_batch(fp32)
+    if fixed is None:
+        artifacts["openvino_int8"] = engine.export(
             model,
-            export_type,
-            export_root=export_root / runtime,
+            ExportType.OPENVINO,
+            export_root=export_root / "openvino_int8",
             input_size=size,
-            compression_type=compression,
-            datamodule=datamodule if compression else None,
+            compression_type=CompressionType.INT8_PTQ,
+            datamodule=datamodule,
+            onnx_kwargs=onnx_kwargs,
         )
+    else:
+        artifacts["openvino_int8"] = quantize_static_batch(fp32, datamodule, fixed, export_root / "openvino_int8")
     return artifacts
+
+
+def quantize_static_batch(fp32: Path, datamodule: MVTecAD, batch: int, export_root: Path) -> Path:
+    """Quantise an IR of static batch size ``batch`` as anomalib's ``INT8_PTQ`` does (NNCF's defaults); return its path.
+
+    anomalib 2.7 cannot calibrate such an IR from a datamodule whose batches differ (its
+    ``_post_training_quantization_ov`` sets the training batch size, then reads the validation loader,
+    and a last partial batch never fits): here the calibration images come in full batches of ``batch``.
+    """
+    import nncf
+    import openvino as ov
+
+    datamodule.setup("fit")
+    datamodule.eval_batch_size = batch
+    batches = [item.image for item in datamodule.val_dataloader() if len(item.image) == batch]
+    quantized = nncf.quantize(ov.Core().read_model(fp32), nncf.Dataset(batches))
+    path = export_root / "model.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, path)
+    return path
+
+
+def static_batch(xml: Path) -> int | None:
+    """Return the batch size an OpenVINO IR was exported at, or ``None`` where its batch is dynamic."""
+    import openvino as ov
+
+    batch = ov.Core().read_model(xml).input(0).partial_shape[0]
+    return batch.get_length() if batch.is_static else None
 
 
 def _runtime_predictors(model: AnomalibModule, artifacts: dict[str, Path]) -> dict[str, Callable]:
@@ -220,6 +272,15 @@ def run_one(
     datamodule = calibration_datamodule(config)
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = export_all(model, Path(scratch), datamodule, config.image_size)
+        # A graph that anomalib exports at a static batch (its PatchCore: 2, the example input's size) is
+        # exported again at every measured batch size; AUROC is then measured at batch 1.
+        static = static_batch(artifacts["openvino_fp32"]) is not None
+        per_batch = {
+            batch: export_all(model, Path(scratch) / f"batch{batch}", datamodule, config.image_size, batch)
+            for batch in (sorted({1, *config.batch_sizes}) if static else [])
+        }
+        if static:
+            artifacts = per_batch[1]
         row: dict = {
             "model": name,
             "trained": checkpoint is not None,
@@ -227,11 +288,13 @@ def run_one(
             "ir_fp32_mib": round(artifacts["openvino_fp32"].with_suffix(".bin").stat().st_size / 2**20, 2),
             "ir_int8_mib": round(artifacts["openvino_int8"].with_suffix(".bin").stat().st_size / 2**20, 2),
             "calibration_images": len(datamodule.val_data),
+            "static_batch": static,
         }
         for runtime in RUNTIMES:
             for batch in config.batch_sizes:
+                artifact = per_batch[batch][runtime] if static else artifacts[runtime]
                 figures = measure_latency(
-                    artifacts[runtime], runtime, batch, config.image_size, config.warmup, config.repeats, type(model)
+                    artifact, runtime, batch, config.image_size, config.warmup, config.repeats, type(model)
                 )
                 row[f"latency_ms_b{batch}_{runtime}"] = round(figures["latency_ms"], 2)
                 row[f"images_per_s_b{batch}_{runtime}"] = round(figures["images_per_second"], 2)
@@ -239,6 +302,7 @@ def run_one(
                 if progress is not None:
                     progress.update()
         if checkpoint is not None:
+            datamodule.eval_batch_size = 1 if static else config.eval_batch_size
             datamodule.setup("test")
             row.update(runtime_metrics(model, artifacts, datamodule.test_dataloader()))
             row["test_images"] = len(datamodule.test_data)
@@ -274,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         default=[],
         type=checkpoint_argument,
-        help="NAME=PATH of trained package models (also measures AUROC per runtime)",
+        help="NAME=PATH of trained package models or of anomalib's Patchcore (also measures AUROC per runtime)",
     )
     parser.add_argument("--root", default=defaults.root, help="parent folder of the MVTec-layout category folder")
     parser.add_argument("--category", default=defaults.category)
