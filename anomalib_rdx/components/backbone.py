@@ -191,8 +191,62 @@ def build_feature_extractor(
         raise RuntimeError(msg) from error
     if backbone_weights is not None:
         load_backbone_weights(extractor.feature_extractor, resolve_weights_path(backbone_weights), backbone)
+    drop_unused_blocks(extractor.feature_extractor)
     set_trainable(extractor, trainable=requires_grad)
     return extractor, pyramid
+
+
+def drop_unused_blocks(network: torch.nn.Module) -> int:
+    """Remove the blocks of a timm EfficientNet/MobileNet feature network that lie past its deepest level.
+
+    timm's ``features_only`` EfficientNet and MobileNetV3 (``EfficientNetFeatures``,
+    ``MobileNetV3Features``) run every block and keep the outputs of the requested levels, so with the
+    package's strides 4/8/16 an efficientnet_lite0 teacher computes its two stride-32 stages for nothing
+    (every training and inference pass: 5 of its 7 stages are read). Other timm feature networks
+    (``FeatureListNet`` for ResNets, VGG, ...) already stop at the deepest requested module and are left
+    alone, as are networks that collect their features through hooks.
+
+    The returned features are unchanged (the dropped blocks come after the last one read). A state dict
+    saved before the blocks were dropped still loads: their keys are skipped (:class:`SkipDroppedBlocks`).
+
+    Args:
+        network: timm ``features_only`` network (``TimmFeatureExtractor.feature_extractor``).
+
+    Returns:
+        How many blocks were dropped.
+    """
+    stage_outputs = getattr(network, "_stage_out_idx", None)
+    blocks = getattr(network, "blocks", None)
+    if not stage_outputs or not isinstance(blocks, torch.nn.Sequential) or getattr(network, "feature_hooks", None):
+        return 0
+    kept = max(stage_outputs)  # the forward reads stage i + 1 after block i; stage 0 is the stem
+    dropped = len(blocks) - kept
+    if dropped > 0:
+        network.blocks = blocks[:kept]
+        network.register_load_state_dict_pre_hook(SkipDroppedBlocks(kept))
+    return max(dropped, 0)
+
+
+class SkipDroppedBlocks:
+    """Load-state-dict pre-hook: skip the keys of the blocks that :func:`drop_unused_blocks` removed.
+
+    Checkpoints of the package made before those blocks were dropped hold their (unused) weights.
+
+    Args:
+        kept: Number of blocks the network still has; keys of ``blocks.<i>`` with ``i >= kept`` are skipped.
+    """
+
+    def __init__(self, kept: int) -> None:
+        self.kept = kept
+
+    def __call__(self, module: torch.nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+        """Delete the dropped blocks' entries under ``prefix`` from ``state_dict``."""
+        del module, args
+        blocks = f"{prefix}blocks."
+        for key in [key for key in state_dict if key.startswith(blocks)]:
+            index = key[len(blocks) :].split(".", 1)[0]
+            if index.isdigit() and int(index) >= self.kept:
+                del state_dict[key]
 
 
 def set_trainable(module: torch.nn.Module, trainable: bool) -> None:
