@@ -11,6 +11,7 @@ comparison and the convolutions that read the image in FP32 (:mod:`anomalib_rdx.
 from pathlib import Path
 from typing import Any
 
+import torch
 from anomalib import LearningType
 from anomalib.data import AnomalibDataModule, Batch
 from anomalib.data.transforms.utils import extract_transforms_by_type
@@ -33,7 +34,13 @@ from .checkpoint import (
 )
 from .export import ExportError, blocking_operation, quantize_int8
 from .post_processing import NormalQuantilePostProcessor
-from .precision import full_precision
+from .precision import (
+    TrainingPrecision,
+    check_training_precision,
+    full_precision,
+    keep_depthwise_convolutions_fp32,
+    training_autocast,
+)
 
 DEFAULT_IMAGE_SIZE = (256, 256)
 
@@ -43,6 +50,21 @@ class DistillationModule(AnomalibModule):
 
     TRAINING_ONLY_PREFIXES: tuple[str, ...] = ()
     """State-dict prefixes of networks used in training only (not run by, nor exported with, inference)."""
+
+    def __init__(self, training_precision: TrainingPrecision = "auto", **kwargs: Any) -> None:
+        """Keep the training precision; the rest goes to ``AnomalibModule``.
+
+        Args:
+            training_precision: ``"auto"``, ``"bf16-mixed"`` or ``"32"``: the precision of the training
+                steps' forward passes (see :mod:`anomalib_rdx.components.precision`).
+            **kwargs: ``AnomalibModule``'s arguments (pre-, post-processor, evaluator, visualizer).
+        """
+        super().__init__(**kwargs)
+        self.training_precision = check_training_precision(training_precision)
+
+    def training_autocast(self, images: torch.Tensor) -> torch.autocast:
+        """Autocast context for the forward passes of a training step at ``training_precision``."""
+        return training_autocast(images, self.training_precision)
 
     def _require_input_size(self) -> tuple[int, int]:
         """Return the pre-processor's output size, checking that it does not normalise."""
@@ -172,6 +194,8 @@ class DistillationModule(AnomalibModule):
         """Refuse to train on a datamodule without training images; prepare DDP (see below)."""
         super().setup(stage)
         self._let_ddp_skip_unused_parameters()
+        if stage == "fit":
+            keep_depthwise_convolutions_fp32(self.model)  # a no-op for FP32 steps, faster bf16 ones
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         train_data = getattr(datamodule, "train_data", None)
         if stage == "fit" and train_data is not None and len(train_data) == 0:

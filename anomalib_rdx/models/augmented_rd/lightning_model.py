@@ -28,7 +28,7 @@ from torch import optim
 from anomalib_rdx.components import DistillationModule
 from anomalib_rdx.components.backbone import resolve_layers
 from anomalib_rdx.components.network import ImageScore
-from anomalib_rdx.components.precision import channels_last
+from anomalib_rdx.components.precision import TrainingPrecision, channels_last
 
 from .augmentation import RestorationAugmenter
 from .torch_model import AugmentedRDModel
@@ -58,6 +58,9 @@ class AugmentedRD(DistillationModule):
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference, the map computed on the larger
             image and cropped back (0, the papers': none). Counters the maps' fall-off at image borders.
+        training_precision: Precision of the training steps' forward passes: ``"auto"`` (bf16 mixed
+            precision on a CPU with bfloat16 instructions, else FP32), ``"bf16-mixed"`` or ``"32"`` (see
+            :mod:`anomalib_rdx.components.precision`).
         pre_processor: Pre-processor; must resize and must not normalise.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -81,6 +84,7 @@ class AugmentedRD(DistillationModule):
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
+        training_precision: TrainingPrecision = "auto",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -89,6 +93,7 @@ class AugmentedRD(DistillationModule):
         # Resolved before anomalib saves the hyperparameters, so the checkpoint records the levels used.
         layers = resolve_layers(backbone, layers, PAPER_LAYERS)
         super().__init__(
+            training_precision=training_precision,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
@@ -122,7 +127,13 @@ class AugmentedRD(DistillationModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Restore the raw representation from the transformed one (channels-last images: faster on a CPU)."""
         del args, kwargs
-        raw, transformed = self.augmenter(channels_last(self.model.tile(batch.image)))  # tiles: anomalib's tiler
-        loss = self.model.restoration_loss(*self.model.restoration_features(raw, transformed))
+        raw, transformed = self.augmenter(self.model.tile(batch.image))  # tiles: anomalib's tiler
+        # The augmenter stacks per-image results (contiguous layout): the networks get channels-last copies.
+        # With every augmentation off both are the same tensor, which restoration_features passes once.
+        raw, transformed = (
+            (channels_last(raw),) * 2 if transformed is raw else (channels_last(raw), channels_last(transformed))
+        )
+        with self.training_autocast(raw):
+            loss = self.model.restoration_loss(*self.model.restoration_features(raw, transformed))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}

@@ -27,7 +27,7 @@ from torch import optim
 from anomalib_rdx.components import DistillationModule
 from anomalib_rdx.components.backbone import resolve_layers
 from anomalib_rdx.components.network import ImageScore
-from anomalib_rdx.components.precision import channels_last
+from anomalib_rdx.components.precision import TrainingPrecision, channels_last
 
 from .anomaly_map import ScaleCombination, StudentCombination
 from .loss import PyramidMatchingLoss
@@ -57,6 +57,9 @@ class DualStudentKD(DistillationModule):
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference, the map computed on the larger
             image and cropped back (0, the papers': none). Counters the maps' fall-off at image borders.
+        training_precision: Precision of the training steps' forward passes: ``"auto"`` (bf16 mixed
+            precision on a CPU with bfloat16 instructions, else FP32), ``"bf16-mixed"`` or ``"32"`` (see
+            :mod:`anomalib_rdx.components.precision`).
         pre_processor: Pre-processor; must resize and must not normalise.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -78,6 +81,7 @@ class DualStudentKD(DistillationModule):
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
+        training_precision: TrainingPrecision = "auto",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -86,6 +90,7 @@ class DualStudentKD(DistillationModule):
         # Resolved before anomalib saves the hyperparameters, so the checkpoint records the levels used.
         layers = resolve_layers(backbone, layers, PAPER_LAYERS)
         super().__init__(
+            training_precision=training_precision,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
@@ -116,6 +121,7 @@ class DualStudentKD(DistillationModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Distil the teacher's pyramid into both students (channels-last images: faster on a CPU)."""
         del args, kwargs
-        loss = self.loss(*self.model(channels_last(batch.image)))
+        with self.training_autocast(batch.image):
+            loss = self.loss(*self.model(channels_last(batch.image)))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}

@@ -39,7 +39,7 @@ from torch import optim
 
 from anomalib_rdx.components import DistillationModule
 from anomalib_rdx.components.export import ExportError
-from anomalib_rdx.components.precision import channels_last
+from anomalib_rdx.components.precision import TrainingPrecision, channels_last
 
 from .anomaly_map import GradientRecipe
 from .layers import LayerPositions
@@ -72,6 +72,9 @@ class MultiResolutionKD(DistillationModule):
         image_score: ``"top_k_mean"`` of the forward discrepancy map (default, chosen on validation),
             its ``"max"``, or ``"discrepancy"`` (the paper's whole-image loss).
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
+        training_precision: Precision of the training steps' forward passes: ``"auto"`` (bf16 mixed
+            precision on a CPU with bfloat16 instructions, else FP32), ``"bf16-mixed"`` or ``"32"`` (see
+            :mod:`anomalib_rdx.components.precision`).
         pre_processor: Pre-processor; must resize and must not normalise. Default: 128x128.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -95,12 +98,14 @@ class MultiResolutionKD(DistillationModule):
         gradient_recipe: GradientRecipe = "official",
         image_score: MKDImageScore = "top_k_mean",
         top_k_share: float = 0.01,
+        training_precision: TrainingPrecision = "auto",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         super().__init__(
+            training_precision=training_precision,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
@@ -152,7 +157,8 @@ class MultiResolutionKD(DistillationModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Distil the expert's activations into the cloner (channels-last images: faster on a CPU)."""
         del args, kwargs
-        loss = self.loss(*self.model(channels_last(batch.image)))
+        with self.training_autocast(batch.image):
+            loss = self.loss(*self.model(channels_last(batch.image)))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": loss}
 

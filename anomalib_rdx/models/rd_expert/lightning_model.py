@@ -38,7 +38,7 @@ from torch import optim
 from anomalib_rdx.components import DistillationModule, flat_cosine_distance
 from anomalib_rdx.components.backbone import resolve_layers
 from anomalib_rdx.components.network import ImageScore
-from anomalib_rdx.components.precision import channels_last
+from anomalib_rdx.components.precision import TrainingPrecision, channels_last
 
 from .loss import RDExpertLoss
 from .torch_model import GIIMode, MapReference, RDExpertModel, resolve_gii_mode, resolve_map_reference
@@ -100,6 +100,9 @@ class RDExpert(DistillationModule):
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference, the map computed on the larger
             image and cropped back (0, the papers': none). Counters the maps' fall-off at image borders.
+        training_precision: Precision of the training steps' forward passes: ``"auto"`` (bf16 mixed
+            precision on a CPU with bfloat16 instructions, else FP32), ``"bf16-mixed"`` or ``"32"`` (see
+            :mod:`anomalib_rdx.components.precision`).
         pre_processor: Pre-processor; must resize and must not normalise. ``True`` for the default.
         post_processor: anomalib post-processor or flag.
         evaluator: anomalib evaluator or flag.
@@ -128,6 +131,7 @@ class RDExpert(DistillationModule):
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
+        training_precision: TrainingPrecision = "auto",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -138,6 +142,7 @@ class RDExpert(DistillationModule):
         gii_mode = resolve_gii_mode(use_expert, gii_mode)
         map_reference = resolve_map_reference(use_expert, map_reference)
         super().__init__(
+            training_precision=training_precision,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
@@ -178,9 +183,10 @@ class RDExpert(DistillationModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Update the teacher, then the student, on a batch of normal images.
 
-        The images go through the networks in channels-last layout (faster on a CPU). The teacher's
-        second pass is not redundant: it reads the updated weights in evaluation mode (running
-        batch-norm statistics), whereas the first ran before the update with batch statistics.
+        The images go through the networks in channels-last layout (faster on a CPU), the forward passes
+        at ``training_precision`` (backward passes and optimiser steps outside autocast). The teacher's
+        second pass is not redundant: it reads the updated weights in evaluation mode (running batch-norm
+        statistics), whereas the first ran before the update with batch statistics.
         """
         del args, kwargs
         images = channels_last(batch.image)
@@ -193,31 +199,33 @@ class RDExpert(DistillationModule):
         normal_input = model.normalize(images)
         augmented_input = model.normalize(channels_last(augmented))
 
-        with torch.no_grad():
-            expert_normal = model.expert_features(normal_input)
-            expert_augmented = model.expert_features(augmented_input)
-        teacher_loss = self.loss.teacher_loss(
-            model.teacher_features(normal_input),
-            model.teacher_features(augmented_input),
-            expert_normal,
-            expert_augmented,
-            anomaly_mask,
-        )
+        with self.training_autocast(images):
+            with torch.no_grad():
+                expert_normal = model.expert_features(normal_input)
+                expert_augmented = model.expert_features(augmented_input)
+            teacher_loss = self.loss.teacher_loss(
+                model.teacher_features(normal_input),
+                model.teacher_features(augmented_input),
+                expert_normal,
+                expert_augmented,
+                anomaly_mask,
+            )
         teacher_optimizer.zero_grad()
         self.manual_backward(teacher_loss)
         teacher_optimizer.step()
 
-        model.teacher.eval()
-        with torch.no_grad():
-            teacher_normal = model.teacher_features(normal_input)
-            teacher_augmented = model.teacher_features(augmented_input)
-        model.teacher.train()
-        student_loss = self.loss.student_loss(
-            model.student_features(teacher_normal),
-            model.student_features(teacher_augmented),
-            teacher_normal,
-            expert_normal,
-        )
+        with self.training_autocast(images):
+            model.teacher.eval()
+            with torch.no_grad():
+                teacher_normal = model.teacher_features(normal_input)
+                teacher_augmented = model.teacher_features(augmented_input)
+            model.teacher.train()
+            student_loss = self.loss.student_loss(
+                model.student_features(teacher_normal),
+                model.student_features(teacher_augmented),
+                teacher_normal,
+                expert_normal,
+            )
         student_optimizer.zero_grad()
         self.manual_backward(student_loss)
         student_optimizer.step()
@@ -229,8 +237,9 @@ class RDExpert(DistillationModule):
     def _plain_student_step(self, images: torch.Tensor) -> torch.Tensor:
         """Reverse distillation step: frozen teacher, student reconstructs its features."""
         optimizer = self.optimizers()
-        teacher_features, student_features = self.model(images)
-        loss = flat_cosine_distance(teacher_features, student_features)
+        with self.training_autocast(images):
+            teacher_features, student_features = self.model(images)
+            loss = flat_cosine_distance(teacher_features, student_features)
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
