@@ -63,12 +63,20 @@ def _worker(name: str, precision: str | None, data: Path, image_size: int, batch
     from anomalib_rdx.components.base import DistillationModule
 
     class StepTimes(Callback):
+        """End time of every training batch; stops the fit after ``steps`` batches.
+
+        Counted in batches, not in Lightning's ``max_steps``: that counts optimiser steps, two per batch for
+        RDExpert's manual optimisation, so ``max_steps`` stopped it after half the batches.
+        """
+
         def __init__(self) -> None:
             self.ends: list[float] = []
 
-        def on_train_batch_end(self, *args, **kwargs) -> None:
+        def on_train_batch_end(self, trainer: object, *args, **kwargs) -> None:
             del args, kwargs
             self.ends.append(time.perf_counter())
+            if len(self.ends) >= steps:
+                trainer.should_stop = True
 
     torch.manual_seed(0)
     precision_argument = {} if precision is None else {"training_precision": precision}
@@ -85,7 +93,7 @@ def _worker(name: str, precision: str | None, data: Path, image_size: int, batch
     timer = StepTimes()
     with tempfile.TemporaryDirectory() as scratch:
         engine = Engine(
-            max_steps=steps,
+            max_epochs=-1,  # StepTimes stops the fit; --warmup may span epochs
             logger=False,
             default_root_dir=scratch,
             limit_val_batches=0,
