@@ -21,6 +21,7 @@ from anomalib_rdx.components import (
     load_backbone_weights,
     resolve_weights_path,
 )
+from anomalib_rdx.components.backbone import drop_unused_blocks
 
 
 def _tensors(state_dict: dict) -> list[torch.Tensor]:
@@ -67,9 +68,27 @@ class TestWeights:
         path = tmp_path / "wrapped.ckpt"
         torch.save(wrapped, path)
         target = timm.create_model("efficientnet_lite0", features_only=True, out_indices=[1, 2, 3])
+        drop_unused_blocks(target)  # as every teacher of the package
         load_backbone_weights(target, path, "efficientnet_lite0")
         for key, value in target.state_dict().items():
             assert torch.equal(value, timm_names[key]), key
+
+    def test_a_saved_teacher_and_a_whole_network_both_load_as_weights(
+        self, lite0_weights: Path, tmp_path: Path
+    ) -> None:
+        """The teacher drops its unused stride-32 blocks; a file of it alone and one of the whole timm network load."""
+        reference, _ = build_feature_extractor("efficientnet_lite0", [1, 2, 3], backbone_weights=lite0_weights)
+        teacher_only = tmp_path / "teacher.pth"
+        torch.save(reference.feature_extractor.state_dict(), teacher_only)
+        whole = timm.create_model("efficientnet_lite0", features_only=True, out_indices=[1, 2, 3])
+        whole.load_state_dict(reference.feature_extractor.state_dict(), strict=False)
+        assert any(key.startswith("blocks.6.") for key in whole.state_dict())
+        whole_network = tmp_path / "whole.pth"
+        torch.save(whole.state_dict(), whole_network)
+        for path in (teacher_only, whole_network):
+            loaded, _ = build_feature_extractor("efficientnet_lite0", [1, 2, 3], backbone_weights=path)
+            for key, value in loaded.feature_extractor.state_dict().items():
+                assert torch.equal(value, reference.feature_extractor.state_dict()[key]), (path.name, key)
 
     def test_file_of_another_architecture_names_first_mismatch(self, tmp_path: Path) -> None:
         path = tmp_path / "resnet18.pth"

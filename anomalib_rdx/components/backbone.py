@@ -189,9 +189,11 @@ def build_feature_extractor(
             "weights file with `backbone_weights=...`, or `pre_trained=False` to start from random weights."
         )
         raise RuntimeError(msg) from error
+    # Dropped first, so a weights file needs only the kept blocks: the package's own teacher saved alone
+    # loads, and a whole network's file still does (its later tensors are left over, as a classifier's are).
+    drop_unused_blocks(extractor.feature_extractor)
     if backbone_weights is not None:
         load_backbone_weights(extractor.feature_extractor, resolve_weights_path(backbone_weights), backbone)
-    drop_unused_blocks(extractor.feature_extractor)
     set_trainable(extractor, trainable=requires_grad)
     return extractor, pyramid
 
