@@ -17,11 +17,9 @@ def test_freed_memory_is_kept_for_reuse_unless_the_user_configured_malloc(monkey
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert allocator.keep_freed_memory_for_reuse() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    for name in ("MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+    for name in allocator.USER_MALLOC_SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    try:
-        ctypes.CDLL("libc.so.6").mallopt  # noqa: B018
-    except (OSError, AttributeError):
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
         pytest.skip("this C library has no glibc mallopt")
     assert allocator.keep_freed_memory_for_reuse() is True
     assert allocator.keep_freed_memory_for_reuse() is True  # once only
@@ -47,11 +45,7 @@ print(before, faults(), applied)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_a_large_tensor_allocated_again_reuses_its_pages() -> None:
     """Six 64 MiB tensors in a row: each is a fresh mapping (page faults) before, the same memory after."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in allocator.USER_MALLOC_SETTINGS}
     result = subprocess.run(
         [sys.executable, "-c", PAGE_FAULTS_OF_REPEATED_LARGE_TENSORS],
         capture_output=True,

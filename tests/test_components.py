@@ -78,17 +78,18 @@ class TestWeights:
     ) -> None:
         """The teacher drops its unused stride-32 blocks; a file of it alone and one of the whole timm network load."""
         reference, _ = build_feature_extractor("efficientnet_lite0", [1, 2, 3], backbone_weights=lite0_weights)
+        expected = reference.feature_extractor.state_dict()
         teacher_only = tmp_path / "teacher.pth"
-        torch.save(reference.feature_extractor.state_dict(), teacher_only)
+        torch.save(expected, teacher_only)
         whole = timm.create_model("efficientnet_lite0", features_only=True, out_indices=[1, 2, 3])
-        whole.load_state_dict(reference.feature_extractor.state_dict(), strict=False)
+        whole.load_state_dict(expected, strict=False)
         assert any(key.startswith("blocks.6.") for key in whole.state_dict())
         whole_network = tmp_path / "whole.pth"
         torch.save(whole.state_dict(), whole_network)
         for path in (teacher_only, whole_network):
             loaded, _ = build_feature_extractor("efficientnet_lite0", [1, 2, 3], backbone_weights=path)
             for key, value in loaded.feature_extractor.state_dict().items():
-                assert torch.equal(value, reference.feature_extractor.state_dict()[key]), (path.name, key)
+                assert torch.equal(value, expected[key]), (path.name, key)
 
     def test_file_of_another_architecture_names_first_mismatch(self, tmp_path: Path) -> None:
         path = tmp_path / "resnet18.pth"

@@ -17,7 +17,6 @@ glibc.
 """
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -29,7 +28,8 @@ _M_MMAP_THRESHOLD = -3
 REUSE_THRESHOLD_BYTES = 1 << 30
 """Allocations up to this size come from the heap, and up to this much free heap stays mapped."""
 
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+"""Environment variables through which a user configures glibc's malloc; any of them set, nothing is changed."""
 _applied = False
 
 
@@ -42,13 +42,11 @@ def keep_freed_memory_for_reuse() -> bool:
     global _applied  # noqa: PLW0603  (one process-wide setting)
     if _applied:
         return True
-    if not sys.platform.startswith("linux") or any(name in os.environ for name in _USER_SETTINGS):
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in USER_MALLOC_SETTINGS):
         return False
-    library = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(library or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries without glibc's mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on
+    except AttributeError:  # musl and other C libraries without glibc's mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
