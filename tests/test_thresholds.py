@@ -4,7 +4,9 @@ One AugmentedRD (efficientnet_lite0 teacher, 128x128, 2 epochs) is trained on a 
 magnetic_tile data with anomalib's synthetic validation split (half of the training images held out,
 half of those turned into synthetic anomalies); its post-processor calibrates on the held-out normal
 images. The tests check the false-reject rule against the rate it promises, the exported OpenVINO model
-against PyTorch, and the calibrated scores.
+against PyTorch, and the calibrated scores. The model standardises its maps per distance to the image
+border (``border_calibration``, fitted on the same normal images at every validation), so the rule and the
+export are checked on that path; the unit checks of the calibration are in ``test_border_calibration.py``.
 """
 
 import math
@@ -23,6 +25,7 @@ from lightning.pytorch import seed_everything
 from anomalib_rdx import AugmentedRD
 from anomalib_rdx.benchmark.decisions import DecisionRecorder, image_decisions
 from anomalib_rdx.components import NoNormalValidationImagesError, NormalQuantilePostProcessor
+from anomalib_rdx.components.border_calibration import border_distance
 from anomalib_rdx.components.post_processing import conformal_rank, quantile_transform
 from anomalib_rdx.data import make_mvtec_subset
 
@@ -63,6 +66,7 @@ def trained(calibration_data: Path, lite0_teacher: dict, tmp_path_factory: pytes
         **lite0_teacher,
         pre_processor=AugmentedRD.configure_pre_processor((IMAGE_SIZE, IMAGE_SIZE)),
         post_processor=NormalQuantilePostProcessor(false_reject_rate=RATE),
+        border_calibration=True,
     )
     recorder = DecisionRecorder()
     engine = Engine(
@@ -253,6 +257,30 @@ def test_checkpoint_restores_the_rule_and_its_thresholds(trained: dict) -> None:
     assert loaded.post_processor.false_reject_rate == RATE
     assert torch.equal(loaded.post_processor.image_threshold, trained_model.post_processor.image_threshold)
     assert torch.equal(loaded.post_processor.image_knots, trained_model.post_processor.image_knots)
+    assert loaded.model.border_calibration.enabled
+    assert torch.equal(loaded.model.border_calibration.mean, trained_model.model.border_calibration.mean)
+    assert torch.equal(loaded.model.border_calibration.std, trained_model.model.border_calibration.std)
+
+
+@requires_shared_data
+def test_validation_fits_the_border_calibration_on_the_normal_images(trained: dict) -> None:
+    model = trained["model"]
+    calibration = model.model.border_calibration
+    assert calibration.fitted
+    maps = []
+    with torch.no_grad():
+        for batch in trained["datamodule"].val_dataloader():
+            images = model.pre_processor.transform(batch.image)
+            maps.append(model.model(images).anomaly_map[batch.gt_label == 0])
+    served = torch.cat(maps)
+    assert len(served) >= 30
+    distance = border_distance(*served.shape[-2:], calibration.max_distance)
+    means = torch.stack([served[..., distance == level].mean() for level in range(calibration.max_distance + 1)])
+    assert means.abs().max() < 1e-3, means  # the fit's own images: zero mean at every distance
+    # the fall-off the calibration removes is real: the plain maps are lower at the border than inside
+    assert float(calibration.mean[0]) < float(calibration.mean[-1])
+    # the post-processor fitted its scale on the calibrated maps: its top knot is their largest maximum
+    assert float(model.post_processor.pixel_knots[-1]) == pytest.approx(float(served.amax()), rel=1e-4)
 
 
 def test_cli_builds_the_post_processor_with_its_rate() -> None:

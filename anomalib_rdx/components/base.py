@@ -3,9 +3,11 @@
 It fixes what the four models have in common as anomalib models: a pre-processor that only resizes
 (the model normalises inside, see :mod:`anomalib_rdx.components.normalization`), one-class learning,
 no gradient clipping, and validation that stores anomaly maps and scores for anomalib's
-post-processor and evaluator. Export goes through anomalib's own ``to_onnx``/``to_openvino``, with a
-failed export naming its blocking operation and INT8 quantisation keeping the map head, the feature
-comparison and the convolutions that read the image in FP32 (:mod:`anomalib_rdx.components.export`).
+post-processor and evaluator (after fitting the optional border calibration of the maps on the normal
+validation images, :mod:`anomalib_rdx.components.border_calibration`). Export goes through anomalib's
+own ``to_onnx``/``to_openvino``, with a failed export naming its blocking operation and INT8
+quantisation keeping the map head, the feature comparison and the convolutions that read the image in
+FP32 (:mod:`anomalib_rdx.components.export`).
 """
 
 from pathlib import Path
@@ -213,6 +215,33 @@ class DistillationModule(AnomalibModule):
                 "train/good folder."
             )
             raise ValueError(msg)
+
+    def on_validation_epoch_start(self) -> None:
+        """Fit the border calibration of the maps (when the network has it on) before validation scores anything.
+
+        One extra forward pass over the normal images of the validation split, in FP32, with the torch
+        random state restored afterwards (the training stream does not depend on the switch). The
+        statistics are summed over the processes of a distributed run.
+        """
+        super().on_validation_epoch_start()
+        calibration = getattr(self.model, "border_calibration", None)
+        if calibration is None or not calibration.enabled:
+            return
+        loaders = self.trainer.val_dataloaders
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
+        calibration.start_fit()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for loader in loaders:
+                for batch in loader:
+                    normal = batch.gt_label == 0
+                    if not bool(normal.any()):
+                        continue
+                    images = batch.image[normal].to(self.device)
+                    images = transform(images) if transform is not None else images
+                    with full_precision(images):
+                        calibration.observe(self.model(images).anomaly_map)
+        calibration.finish_fit(self.trainer.strategy.reduce(calibration.collected(), reduce_op="sum"))
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Store anomaly maps and scores of a validation batch, computed in FP32 under any training precision."""

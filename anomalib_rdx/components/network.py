@@ -13,7 +13,10 @@ anomalib's ``InferenceBatch`` in evaluation mode. What is the same for every mod
   outer ``border_padding`` pixels, the map is computed on the larger image and cropped back. Teacher
   features at an image border see the convolutions' zero padding and are reproduced easily by the
   student, so plain maps fall off towards the border (on normal magnetic_tile validation images, 0.61
-  within 8 px of the border against 0.89 in the centre), where edge defects (``fray``, ``break``) lie.
+  within 8 px of the border against 0.89 in the centre), where edge defects (``fray``, ``break``) lie;
+- optional calibration of that fall-off (``border_calibration``): the map standardised per distance to
+  the border with statistics of the normal validation images (:mod:`.border_calibration`), before the
+  image score is read from it.
 
 A model writes only :meth:`DistillationNetwork.features` and :meth:`DistillationNetwork.anomaly_map` (and
 :meth:`DistillationNetwork.image_score_of` when its score is not read from the map).
@@ -27,6 +30,7 @@ from anomalib.data.utils.tiler import Tiler
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from .border_calibration import BorderCalibration
 from .normalization import ImageNetNormalization
 
 ImageScore = Literal["max", "top_k_mean"]
@@ -64,6 +68,8 @@ class DistillationNetwork(nn.Module):
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference (0: none, the papers'). The padded
             size must still fit the network's strides (a multiple of 16 does for strides up to 16).
+        border_calibration: Standardise the map per distance to the image border with the normal
+            validation images' statistics (:class:`BorderCalibration`; false: the papers' map).
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class DistillationNetwork(nn.Module):
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
+        border_calibration: bool = False,
     ) -> None:
         super().__init__()
         if border_padding < 0 or border_padding >= min(input_size):
@@ -90,6 +97,7 @@ class DistillationNetwork(nn.Module):
         self.map_size = tuple(side + 2 * border_padding for side in input_size)
         """Size of the images the anomaly map is computed on: the input size plus the border padding."""
         self.normalize = ImageNetNormalization()
+        self.border_calibration = BorderCalibration(enabled=border_calibration)
         self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
 
     def tile(self, images: torch.Tensor) -> torch.Tensor:
@@ -133,5 +141,5 @@ class DistillationNetwork(nn.Module):
         if self.training:
             return self.features(self.normalize(images))
         features = self.untile(self.features(self.normalize(self.pad_border(images))))
-        anomaly_map = self.crop_border(self.anomaly_map(features))
+        anomaly_map = self.border_calibration(self.crop_border(self.anomaly_map(features)))
         return InferenceBatch(pred_score=self.image_score_of(features, anomaly_map), anomaly_map=anomaly_map)

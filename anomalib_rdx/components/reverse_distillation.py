@@ -33,6 +33,7 @@ class ReverseDistillationNetwork(DistillationNetwork):
         image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
+        border_calibration: Standardise the map per distance to the border (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -46,8 +47,15 @@ class ReverseDistillationNetwork(DistillationNetwork):
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
+        border_calibration: bool = False,
     ) -> None:
-        super().__init__(input_size, image_score=image_score, top_k_share=top_k_share, border_padding=border_padding)
+        super().__init__(
+            input_size,
+            image_score=image_score,
+            top_k_share=top_k_share,
+            border_padding=border_padding,
+            border_calibration=border_calibration,
+        )
         self.teacher, self.pyramid = build_feature_extractor(
             backbone,
             layers,

@@ -57,6 +57,10 @@ class DualStudentKD(DistillationModule):
         top_k_share: Share of the map's pixels averaged by ``"top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference, the map computed on the larger
             image and cropped back (0, the papers': none). Counters the maps' fall-off at image borders.
+        border_calibration: Standardise the map per distance to the image border with the mean and
+            standard deviation of the normal validation images' maps at that distance, fitted at every
+            validation (false, the papers': the plain map). Counters the fall-off without raising the good
+            parts' borders; needs normal images in the validation split.
         training_precision: Precision of the training steps' forward passes: ``"auto"`` (bf16 mixed
             precision on a CPU with bfloat16 instructions, else FP32), ``"bf16-mixed"`` or ``"32"`` (see
             :mod:`anomalib_rdx.components.precision`).
@@ -81,6 +85,7 @@ class DualStudentKD(DistillationModule):
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
+        border_calibration: bool = False,
         training_precision: TrainingPrecision = "auto",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -111,6 +116,7 @@ class DualStudentKD(DistillationModule):
             image_score=image_score,
             top_k_share=top_k_share,
             border_padding=border_padding,
+            border_calibration=border_calibration,
         )
         self.loss = PyramidMatchingLoss()
 

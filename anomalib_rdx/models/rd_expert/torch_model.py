@@ -105,6 +105,7 @@ class RDExpertModel(ReverseDistillationNetwork):
         image_score: Image score from the map (see :class:`~anomalib_rdx.components.network.DistillationNetwork`).
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
+        border_calibration: Standardise the map per distance to the border (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class RDExpertModel(ReverseDistillationNetwork):
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
         border_padding: int = 0,
+        border_calibration: bool = False,
     ) -> None:
         gii_mode = resolve_gii_mode(use_expert, gii_mode)
         map_reference = resolve_map_reference(use_expert, map_reference)
@@ -133,6 +135,7 @@ class RDExpertModel(ReverseDistillationNetwork):
             image_score=image_score,
             top_k_share=top_k_share,
             border_padding=border_padding,
+            border_calibration=border_calibration,
         )
         self.map_reference = map_reference
         self.expert: nn.Module | None = None
