@@ -495,6 +495,8 @@ def _inference_options(args: argparse.Namespace) -> dict:
     options: dict = {}
     if args.border_padding:
         options["border_padding"] = args.border_padding
+    if args.border_calibration:
+        options["border_calibration"] = True
     if args.image_score is not None:
         options["image_score"] = args.image_score
     if args.map_reference is not None:
@@ -600,6 +602,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="package models: pixels mirrored around the image at inference (0: the papers')",
+    )
+    parser.add_argument(
+        "--border-calibration",
+        action="store_true",
+        help="package models of the RD family: standardise the map per distance to the image border with the "
+        "normal validation images' statistics (off: the papers' map)",
     )
     parser.add_argument(
         "--image-score",

@@ -21,6 +21,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_rdx.data.validation import validate_datamodule
@@ -219,9 +220,10 @@ class DistillationModule(AnomalibModule):
     def on_validation_epoch_start(self) -> None:
         """Fit the border calibration of the maps (when the network has it on) before validation scores anything.
 
-        One extra forward pass over the normal images of the validation split, in FP32, with the torch
-        random state restored afterwards (the training stream does not depend on the switch). The
-        statistics are summed over the processes of a distributed run.
+        One extra forward pass, in FP32, over the normal images of the whole validation split, read in this
+        process (no loader workers to start; under DDP every process reads the whole split and fits the same
+        statistics). The torch random state is restored afterwards, so the training stream does not
+        depend on the switch.
         """
         super().on_validation_epoch_start()
         calibration = getattr(self.model, "border_calibration", None)
@@ -233,7 +235,8 @@ class DistillationModule(AnomalibModule):
         calibration.start_fit()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             for loader in loaders:
-                for batch in loader:
+                in_process = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
+                for batch in in_process:
                     normal = batch.gt_label == 0
                     if not bool(normal.any()):
                         continue
@@ -241,7 +244,7 @@ class DistillationModule(AnomalibModule):
                     images = transform(images) if transform is not None else images
                     with full_precision(images):
                         calibration.observe(self.model(images).anomaly_map)
-        calibration.finish_fit(self.trainer.strategy.reduce(calibration.collected(), reduce_op="sum"))
+        calibration.finish_fit()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Store anomaly maps and scores of a validation batch, computed in FP32 under any training precision."""

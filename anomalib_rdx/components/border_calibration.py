@@ -98,18 +98,13 @@ class BorderCalibration(nn.Module):
         self._sums[1].index_add_(0, index, flat)
         self._sums[2].index_add_(0, index, flat * flat)
 
-    def finish_fit(self, sums: torch.Tensor | None = None) -> None:
+    def finish_fit(self) -> None:
         """Store per-distance mean and standard deviation of the observed maps.
-
-        Args:
-            sums: The collected ``(count, sum, sum of squares)`` per distance, e.g. summed over the
-                processes of a distributed run; default: this process's.
 
         Raises:
             ValueError: When no normal pixel was observed at some distance (no normal validation image).
         """
-        sums = self._sums if sums is None else sums
-        self._sums = None
+        sums, self._sums = self._sums, None
         if sums is None or bool((sums[0] < 2).any()):
             msg = (
                 "border_calibration needs normal images in the validation split (none were seen): use "
@@ -123,10 +118,3 @@ class BorderCalibration(nn.Module):
         self.mean.copy_(mean.to(self.mean.dtype))
         self.std.copy_(std.to(self.std.dtype))
         self._fitted = True
-
-    def collected(self) -> torch.Tensor:
-        """Return the statistics collected so far (``(3, max_distance + 1)``, float64)."""
-        if self._sums is None:
-            msg = "BorderCalibration.collected needs start_fit first."
-            raise RuntimeError(msg)
-        return self._sums
