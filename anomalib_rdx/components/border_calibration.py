@@ -36,7 +36,7 @@ def border_distance(height: int, width: int, max_distance: int, device: torch.de
 class BorderCalibration(nn.Module):
     """Standardise anomaly maps per distance to the image border with normal images' statistics.
 
-    Inactive (the identity) until :meth:`fit` has run, and when ``enabled`` is false: the papers' maps.
+    The identity until :meth:`finish_fit` has stored statistics, and whenever ``enabled`` is false (the papers' maps).
 
     Args:
         enabled: Calibrate the maps once fitted.
