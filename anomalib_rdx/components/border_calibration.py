@@ -36,7 +36,9 @@ def border_distance(height: int, width: int, max_distance: int, device: torch.de
 class BorderCalibration(nn.Module):
     """Standardise anomaly maps per distance to the image border with normal images' statistics.
 
-    The identity until :meth:`finish_fit` has stored statistics, and whenever ``enabled`` is false (the papers' maps).
+    The identity (mean 0, deviation 1 at every distance) until :meth:`finish_fit` has stored statistics,
+    and whenever ``enabled`` is false (the papers' maps). Unfitted buffers are finite, so state dicts of
+    models with the switch compare equal with ``torch.equal`` (resume and seed checks).
 
     Args:
         enabled: Calibrate the maps once fitted.
@@ -50,36 +52,36 @@ class BorderCalibration(nn.Module):
             raise ValueError(msg)
         self.enabled = bool(enabled)
         self.max_distance = int(max_distance)
-        self.register_buffer("mean", torch.full((self.max_distance + 1,), float("nan")))
-        self.register_buffer("std", torch.full((self.max_distance + 1,), float("nan")))
+        self.register_buffer("mean", torch.zeros(self.max_distance + 1))
+        self.register_buffer("std", torch.ones(self.max_distance + 1))
         self.mean: torch.Tensor
         self.std: torch.Tensor
         self._sums: torch.Tensor | None = None
-        self._fitted = False  # a Python flag, not a test of the buffers: export traces no data-dependent branch
+        self._fitted = False
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
         """Load checkpoints written before the calibration existed as not fitted."""
-        for name in ("mean", "std"):
-            state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), float("nan")))
+        state_dict.setdefault(prefix + "mean", torch.zeros_like(self.mean))
+        state_dict.setdefault(prefix + "std", torch.ones_like(self.std))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._fitted = bool(torch.isfinite(self.mean).all() and torch.isfinite(self.std).all())
+        self._fitted = not (bool((self.mean == 0).all()) and bool((self.std == 1).all()))
 
     @property
     def fitted(self) -> bool:
-        """Whether normal statistics are stored."""
+        """Whether normal statistics are stored (else the calibration is the identity)."""
         return self._fitted
 
     def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """Calibrated maps ``(B, 1, H, W)``; the input unchanged when disabled or not fitted yet."""
-        if not (self.enabled and self.fitted):
+        """Calibrated maps ``(B, 1, H, W)``; the input unchanged when disabled (and in value when not fitted)."""
+        if not self.enabled:
             return anomaly_map
         distance = border_distance(*anomaly_map.shape[-2:], self.max_distance, anomaly_map.device)
         return (anomaly_map - self.mean[distance]) / self.std[distance]
 
     def start_fit(self) -> None:
-        """Forget the stored statistics and start collecting normal maps (:meth:`observe`)."""
-        self.mean.fill_(float("nan"))
-        self.std.fill_(float("nan"))
+        """Reset to the identity and start collecting normal maps (:meth:`observe`): they are served raw."""
+        self.mean.zero_()
+        self.std.fill_(1.0)
         self._fitted = False
         self._sums = torch.zeros(3, self.max_distance + 1, dtype=torch.float64, device=self.mean.device)
 
