@@ -69,3 +69,19 @@ def test_checkpoint_from_before_the_switch_loads_strictly_as_not_fitted() -> Non
     state = {key: value for key, value in model.state_dict().items() if "border_calibration" not in key}
     model.load_state_dict(state, strict=True)
     assert not model.model.border_calibration.fitted
+
+
+def test_a_calibrated_checkpoint_switches_the_calibration_on_in_a_model_built_without_it() -> None:
+    """Its thresholds were fitted on calibrated maps, so the maps it serves must be calibrated too."""
+    trained = RDExpert(backbone="resnet18", pre_trained=False, border_calibration=True)
+    calibration = trained.model.border_calibration
+    calibration.start_fit()
+    calibration.observe(falling_off_maps(4, size=256))
+    calibration.finish_fit()
+    assert calibration.fitted
+    rebuilt = RDExpert(backbone="resnet18", pre_trained=False)
+    assert not rebuilt.model.border_calibration.enabled
+    rebuilt.load_state_dict(trained.state_dict(), strict=True)
+    assert rebuilt.model.border_calibration.enabled
+    maps = falling_off_maps(2, size=256, seed=1)
+    assert torch.equal(rebuilt.model.border_calibration(maps), calibration(maps))

@@ -203,6 +203,8 @@ def load_benchmark_checkpoint(
     if missing:
         msg = f"{path} is not a {name} checkpoint of this architecture: it lacks {missing[:3]}."
         raise ValueError(msg)
+    if "border_calibration" in overrides:  # the checkpoint carries its own switch; the override decides here
+        model.model.border_calibration.switch(bool(overrides["border_calibration"]))
     return model
 
 

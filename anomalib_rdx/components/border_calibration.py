@@ -50,26 +50,40 @@ class BorderCalibration(nn.Module):
         if int(max_distance) != max_distance or max_distance < 1:
             msg = f"max_distance must be a positive integer, got {max_distance!r}."
             raise ValueError(msg)
-        self.enabled = bool(enabled)
         self.max_distance = int(max_distance)
+        # The switch travels with the weights: a checkpoint whose thresholds were fitted on calibrated maps
+        # serves calibrated maps also when loaded into a model built without the switch (e.g. `anomalib
+        # export --ckpt_path` with other command-line arguments). forward reads the Python attribute.
+        self.register_buffer("switched_on", torch.tensor(bool(enabled)))
+        self.switched_on: torch.Tensor
+        self.enabled = bool(enabled)
         self.register_buffer("mean", torch.zeros(self.max_distance + 1))
         self.register_buffer("std", torch.ones(self.max_distance + 1))
         self.mean: torch.Tensor
         self.std: torch.Tensor
         self._sums: torch.Tensor | None = None
-        self._fitted = False
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
-        """Load checkpoints written before the calibration existed as not fitted."""
+        """Take the switch from the checkpoint; load checkpoints from before the calibration as not fitted."""
         state_dict.setdefault(prefix + "mean", torch.zeros_like(self.mean))
         state_dict.setdefault(prefix + "std", torch.ones_like(self.std))
+        state_dict.setdefault(prefix + "switched_on", self.switched_on.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._fitted = not (bool((self.mean == 0).all()) and bool((self.std == 1).all()))
+        self.enabled = bool(self.switched_on)
+
+    def switch(self, on: bool) -> None:
+        """Turn the calibration on or off (kept in the state dict)."""
+        self.enabled = bool(on)
+        self.switched_on.fill_(self.enabled)
 
     @property
     def fitted(self) -> bool:
-        """Whether normal statistics are stored (else the calibration is the identity)."""
-        return self._fitted
+        """Whether normal statistics are stored (else the calibration is the identity).
+
+        Read from the buffers, never cached: forward does not branch on it (an export traces the same
+        graph whatever path loaded the weights).
+        """
+        return not (bool((self.mean == 0).all()) and bool((self.std == 1).all()))
 
     def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Calibrated maps ``(B, 1, H, W)``; the input unchanged when disabled (and in value when not fitted)."""
@@ -82,7 +96,6 @@ class BorderCalibration(nn.Module):
         """Reset to the identity and start collecting normal maps (:meth:`observe`): they are served raw."""
         self.mean.zero_()
         self.std.fill_(1.0)
-        self._fitted = False
         self._sums = torch.zeros(3, self.max_distance + 1, dtype=torch.float64, device=self.mean.device)
 
     def observe(self, normal_maps: torch.Tensor) -> None:
@@ -119,4 +132,3 @@ class BorderCalibration(nn.Module):
         std = variance.clamp(min=0).sqrt().clamp(min=1e-6 * float(mean.abs().max()) + 1e-12)
         self.mean.copy_(mean.to(self.mean.dtype))
         self.std.copy_(std.to(self.std.dtype))
-        self._fitted = True
