@@ -25,6 +25,7 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
 
 from anomalib_rdx.components import ScoreAUROC
+from anomalib_rdx.components.border_calibration import border_distance
 
 from .accuracy import (
     BenchmarkConfig,
@@ -69,9 +70,7 @@ def image_score(maps: torch.Tensor, top_k_share: float | None) -> torch.Tensor:
 def border_profile(maps: torch.Tensor) -> dict[str, float]:
     """Mean map value in bands of distance (pixels) to the nearest image border."""
     height, width = maps.shape[-2:]
-    rows = torch.arange(height).view(-1, 1).expand(height, width)
-    columns = torch.arange(width).view(1, -1).expand(height, width)
-    distance = torch.minimum(torch.minimum(rows, height - 1 - rows), torch.minimum(columns, width - 1 - columns))
+    distance = border_distance(height, width, max_distance=max(height, width))  # uncapped
     profile = {}
     for low, high in BORDER_BANDS:
         band = (distance >= low) & (distance < (high if high is not None else height))
