@@ -11,8 +11,7 @@ from anomalib.data import InferenceBatch
 from anomalib.data.utils import read_image
 from anomalib.deploy import OpenVINOInferencer
 from anomalib.models.components import AnomalibModule
-
-from anomalib_rdx.benchmark.deployment import DeploymentConfig, calibration_datamodule, runtime_metrics
+from scipy.stats import spearmanr
 
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 # OpenVINO's CPU plugin runs FP32 IRs in bfloat16 on CPUs with AMX/AVX512-BF16 unless told otherwise;
@@ -120,14 +119,18 @@ def openvino_torch_difference(
     return excess["anomaly_map"], excess["pred_score"]
 
 
-def evaluate_runtimes(model: AnomalibModule, artifacts: dict[str, Path], root: Path) -> dict[str, float]:
-    """Image and pixel AUROC of PyTorch and each exported IR on the test split of ``root/magnetic_tile``."""
-    config = DeploymentConfig(root=str(root), image_size=model.pre_processor.transform.transforms[0].size[0])
-    datamodule = calibration_datamodule(config)
-    datamodule.setup("test")
-    previous = Path.cwd()
-    os.chdir(next(iter(artifacts.values())).parent)  # OpenVINO may write a cache in the cwd
-    try:
-        return runtime_metrics(model.eval(), artifacts, datamodule.test_dataloader())
-    finally:
-        os.chdir(previous)
+def openvino_agreement(reference: Path, other: Path, images: list[Path]) -> tuple[float, float]:
+    """How alike two IRs of one model rank ``images`` (both run at FP32 inference precision).
+
+    Returns the Spearman rank correlation (tied values share their mean rank) of their image scores and
+    of all their normalised map pixels: the orders that image and pixel AUROC read.
+    """
+    outputs = []
+    for xml in (reference, other):
+        inferencer = openvino_inferencer(xml, xml.parent)
+        predictions = [inferencer.predict(read_image(path, as_tensor=True)) for path in images]
+        scores = np.array([float(np.asarray(p.pred_score).squeeze()) for p in predictions])
+        maps = np.concatenate([np.asarray(p.anomaly_map, dtype=np.float64).ravel() for p in predictions])
+        outputs.append((scores, maps))
+    (reference_scores, reference_maps), (scores, maps) = outputs
+    return float(spearmanr(reference_scores, scores).statistic), float(spearmanr(reference_maps, maps).statistic)

@@ -14,9 +14,9 @@ from anomalib_rdx.data import make_mvtec_subset
 
 from .cli_helpers import (
     data_args,
-    evaluate_runtimes,
     model_args,
     only_checkpoint,
+    openvino_agreement,
     openvino_torch_difference,
     run_anomalib,
 )
@@ -159,11 +159,15 @@ def test_visible_validation_split_from_the_command_line() -> None:
     assert "- 0.1\n      - 0.9" in callbacks
 
 
-# INT8 (the package's INT8_PTQ, calibrated on 380 training images) may cost this much image or pixel AUROC
-# against the FP32 IR on 80 held test images: the 0.01 that the package's INT8 keeps on the full test split
-# (README, deployment table), plus 0.01 for the few images of this 1-epoch model (INT8 - FP32 image AUROC
-# -0.008 to +0.017 over the four models here; the earlier INT8, calibrated on 12 images, lost up to 0.022).
-INT8_MAX_AUROC_DROP = 0.02
+# The INT8 IR (the package's INT8_PTQ, calibrated on 380 training images) must rank the 80 held test
+# images, and its maps' pixels, as the FP32 IR does (Spearman correlations). These one-epoch models
+# detect near chance (image AUROC 0.59-0.65), so a bound on the INT8 - FP32 AUROC difference compared two
+# near-random rankings: a bound of 0.02 failed in CI (DualStudentKD 0.632 vs 0.653) and passed here on
+# the same commit (0.589 vs 0.589). Agreement is what quantisation changes; INT8's AUROC cost on trained
+# models over the whole test split is the deployment benchmark's (README). Measured on an Intel Xeon
+# (AMX), two trainings: image scores 0.965-0.997 (DualStudentKD lowest), map pixels 0.983-0.999.
+INT8_MIN_SCORE_RANK_CORRELATION = 0.90
+INT8_MIN_MAP_RANK_CORRELATION = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +187,10 @@ def test_openvino_int8_export_scores_like_fp32(
     trained: dict, exported: dict[str, Path], held_test_images: Path
 ) -> None:
     # Weights of the quantised IR are 8-bit: its .bin is well under half of the FP32 one.
-    fp32_bytes, int8_bytes = (
-        exported[r].with_suffix(".bin").stat().st_size for r in ("openvino_fp32", "openvino_int8")
-    )
-    assert int8_bytes < 0.5 * fp32_bytes
-    model = model_class(trained["class_path"]).load_from_checkpoint(trained["checkpoint"])
-    metrics = evaluate_runtimes(model, exported, held_test_images)
-    assert all(0.0 <= value <= 1.0 for value in metrics.values()), metrics
-    for metric in ("image_AUROC", "pixel_AUROC"):
-        int8, fp32 = metrics[f"{metric}_openvino_int8"], metrics[f"{metric}_openvino_fp32"]
-        assert int8 >= fp32 - INT8_MAX_AUROC_DROP, f"{trained['class_path']} {metric}: INT8 {int8:.4f}, FP32 {fp32:.4f}"
+    fp32, int8 = exported["openvino_fp32"], exported["openvino_int8"]
+    assert int8.with_suffix(".bin").stat().st_size < 0.5 * fp32.with_suffix(".bin").stat().st_size
+    images = sorted((held_test_images / "magnetic_tile" / "test").rglob("*.png"))
+    score_ranks, map_ranks = openvino_agreement(fp32, int8, images)
+    measured = f"{trained['class_path']}: image score ranks {score_ranks:.4f}, map pixel ranks {map_ranks:.4f}"
+    assert score_ranks >= INT8_MIN_SCORE_RANK_CORRELATION, measured
+    assert map_ranks >= INT8_MIN_MAP_RANK_CORRELATION, measured
