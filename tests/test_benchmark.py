@@ -142,7 +142,7 @@ def test_trained_checkpoint_is_evaluated_without_training(benchmark_output: Path
     common = [
         "--data", str(root / "magnetic_tile"), "--models", "AugmentedRD-plain",
         "--backbone-weights", str(lite0_weights), "--image-size", "64", "--num-workers", "0",
-        "--trained-checkpoint", str(checkpoint),
+        "--trained-checkpoint", str(checkpoint), "--no-costs",
     ]  # fmt: skip
     main([*common, "--output", str(root / "again")])
     main([*common, "--border-padding", "16", "--output", str(root / "padded")])
@@ -165,10 +165,15 @@ def test_a_step_budget_trains_past_the_first_epoch(benchmark_output: Path, lite0
     main([
         "--data", str(root / "magnetic_tile"), "--models", "AugmentedRD-plain",
         "--backbone-weights", str(lite0_weights), "--image-size", "64", "--num-workers", "0",
-        "--train-batch-size", "4", "--max-steps", "6", "--output", str(root / "steps"),
+        "--train-batch-size", "4", "--max-steps", "6", "--output", str(root / "steps"), "--no-costs",
     ])  # fmt: skip
-    (row,) = json.loads((root / "steps" / "results.json").read_text())["results"]
+    document = json.loads((root / "steps" / "results.json").read_text())
+    (row,) = document["results"]
     assert row["train_steps"] == 6  # 14 training images at batch 4: four steps per epoch
+    # --no-costs: no inference timing, the parameter count stays
+    assert document["config"]["measure_costs"] is False
+    assert row["parameters"] > 0
+    assert not any(column in row for column in COST_COLUMNS[1:])
     assert BenchmarkConfig(max_steps=6, epochs=1).training_budget() == {"max_epochs": -1, "max_steps": 6}
     assert BenchmarkConfig(epochs=2).training_budget() == {"max_epochs": 2, "max_steps": -1}
 

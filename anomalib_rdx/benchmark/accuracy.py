@@ -95,6 +95,9 @@ class BenchmarkConfig(DataAndTeacher):
     ``None``: anomalib's split as it is, (0.01, 0.2)."""
     trained_checkpoint: str | None = None
     """Evaluate this checkpoint (with ``inference_options`` as overrides) instead of training."""
+    measure_costs: bool = True
+    """Time PyTorch inference of the trained checkpoint in a fresh process (latency, peak memory); off for
+    quick checks of quality alone (the row then has the parameter count only)."""
 
     def training_budget(self) -> dict:
         """Lightning trainer arguments of the budget: ``max_minutes``, else ``max_steps`` (> 0), else ``epochs``.
@@ -409,7 +412,8 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         "train_seconds": round(train_seconds, 1),
         "train_steps": engine.trainer.global_step,
         "epochs_trained": engine.trainer.current_epoch,
-        **inference_costs(model, checkpoint, config),
+        "parameters": inference_parameters(model),
+        **(inference_costs(model, checkpoint, config) if config.measure_costs else {}),
         "test_seconds": round(test_seconds, 1),
         "test_images": len(datamodule.test_data),
         "train_images": len(datamodule.train_data),
@@ -424,13 +428,13 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
 
 
 def inference_costs(model: AnomalibModule, checkpoint: Path, config: BenchmarkConfig) -> dict:
-    """Parameters, per-image latency (batch 1 and 16) and peak memory of PyTorch inference.
+    """Per-image latency (batch 1 and 16) and peak memory of PyTorch inference.
 
     The trained checkpoint is read (as data only) in a fresh process and its whole inference pipeline
     (pre-processor, network, post-processor: what anomalib's torch export holds) is timed there (median of
     10 runs after 3 warm-up runs).
     """
-    costs: dict[str, float] = {"parameters": inference_parameters(model)}
+    costs: dict[str, float] = {}
     for batch in LATENCY_BATCHES:
         figures = measure_latency(checkpoint, "torch", batch, config.image_size, model_class=type(model))
         costs[f"latency_ms_per_image_b{batch}"] = round(figures["latency_ms"] / batch, 2)
@@ -639,6 +643,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="constructor argument for every chosen model that takes it (repeatable), e.g. teacher_lr=1e-5",
     )
+    parser.add_argument(
+        "--no-costs",
+        action="store_true",
+        help="skip timing each trained model's PyTorch inference (latency and peak memory columns) for a quicker run",
+    )
     add_val_blend_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="results folder")
     args = parser.parse_args(argv)
@@ -668,6 +677,7 @@ def main(argv: list[str] | None = None) -> None:
             model_options=model_options,
             val_blend=val_blend,
             trained_checkpoint=args.trained_checkpoint,
+            measure_costs=not args.no_costs,
         )
         rows.append(run_one(name, config, args.output))
         write_results(rows, asdict(config) | {"seeds": args.seeds, "models": args.models}, args.output)
