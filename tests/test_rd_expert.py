@@ -1,12 +1,17 @@
 """RDExpert: loss terms, Guided Information Injection, ablation switches and training steps on real images."""
 
+import math
+import time
+
 import pytest
 import torch
 from anomalib.data import ImageBatch, InferenceBatch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import Timer
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_rdx import RDExpert
+from anomalib_rdx.components.schedule import budget_progress, schedule_factor
 from anomalib_rdx.models.rd_expert.gii import GuidedInformationInjection, gate_features
 from anomalib_rdx.models.rd_expert.loss import RDExpertLoss
 
@@ -24,7 +29,7 @@ class TestLoss:
     def test_teacher_loss_is_zero_when_teacher_is_expert_and_no_anomaly(self) -> None:
         features = _features(0)
         mask = torch.zeros(2, 1, 64, 64)
-        assert RDExpertLoss.teacher_loss(features, features, features, features, mask).item() == pytest.approx(
+        assert RDExpertLoss().teacher_loss(features, features, features, features, mask).item() == pytest.approx(
             0, abs=1e-6
         )
 
@@ -32,14 +37,32 @@ class TestLoss:
         features = _features(0)
         # teacher == expert everywhere, but the mask says "anomaly everywhere": L1(0, 1) = 1 per scale.
         mask = torch.ones(2, 1, 64, 64)
-        assert RDExpertLoss.teacher_loss(features, features, features, features, mask).item() == pytest.approx(2.0)
+        assert RDExpertLoss().teacher_loss(features, features, features, features, mask).item() == pytest.approx(2.0)
 
     def test_normal_term_is_per_pixel_cosine_distance(self) -> None:
         expert = [torch.zeros(1, 2, 4, 4).index_fill_(1, torch.tensor([0]), 1.0)]  # every pixel (1, 0)
         teacher = [torch.zeros(1, 2, 4, 4).index_fill_(1, torch.tensor([1]), 1.0)]  # every pixel (0, 1): orthogonal
         mask = torch.zeros(1, 1, 16, 16)
-        loss = RDExpertLoss.teacher_loss(teacher, expert, expert, expert, mask)
+        loss = RDExpertLoss().teacher_loss(teacher, expert, expert, expert, mask)
         assert loss.item() == pytest.approx(1.0)  # only the normal term: 1 - cos = 1
+
+    def test_teacher_terms_can_be_switched_off_one_at_a_time(self) -> None:
+        expert = [torch.zeros(1, 2, 4, 4).index_fill_(1, torch.tensor([0]), 1.0)]
+        teacher = [torch.zeros(1, 2, 4, 4).index_fill_(1, torch.tensor([1]), 1.0)]  # orthogonal to the expert
+        mask = torch.ones(1, 1, 16, 16)
+        # teacher(normal) orthogonal to expert(normal): normal term 1; teacher(augmented) = expert(normal)
+        # where the mask asks for distance 1: mask term 1; teacher(augmented) orthogonal to expert(augmented):
+        # global term 1.
+        arguments = (teacher, expert, expert, teacher, mask)
+        assert RDExpertLoss().teacher_loss(*arguments).item() == pytest.approx(3.0)
+        assert RDExpertLoss(["normal", "global"]).teacher_loss(*arguments).item() == pytest.approx(2.0)
+        assert RDExpertLoss(["mask"]).teacher_loss(*arguments).item() == pytest.approx(1.0)
+        assert RDExpertLoss(["global", "normal"]).teacher_terms == ("normal", "global")
+
+    @pytest.mark.parametrize("terms", [[], ["normal", "normal"], ["mask", "gloabl"]])
+    def test_unknown_repeated_or_no_teacher_terms_are_refused(self, terms: list[str]) -> None:
+        with pytest.raises(ValueError, match="teacher_loss_terms"):
+            RDExpertLoss(terms)
 
     def test_student_loss_targets_teacher_and_expert_of_normal_image(self) -> None:
         teacher, expert = _features(0), _features(1)
@@ -68,6 +91,11 @@ class TestGuidedInformationInjection:
         assert not similarity.requires_grad
         opposite = module.similarity(decoder, -decoder.detach())
         assert torch.equal(opposite, torch.zeros(1, 1, 3, 3))  # clamped convex gate
+
+    def test_unclamped_gate_is_the_raw_cosine_similarity(self) -> None:
+        module = GuidedInformationInjection(channels=4, shallower_channels=2, clamp=False)
+        decoder = torch.rand(1, 4, 3, 3) + 0.1
+        assert torch.allclose(module.similarity(decoder, -decoder), -torch.ones(1, 1, 3, 3), atol=1e-6)
 
     def test_ungated_skip_passes_teacher_everywhere(self) -> None:
         module = GuidedInformationInjection(channels=4, shallower_channels=2, gated=False)
@@ -133,6 +161,16 @@ class TestModelAndAblations:
         assert len(model.model.gii) == count
         assert all(injection.gated is gated for injection in model.model.gii)
 
+    def test_ablation_switches_reach_the_loss_and_the_gate(self, lite0_teacher: dict) -> None:
+        model = _model(lite0_teacher, gii_clamp=False, teacher_loss_terms=["normal", "mask"])
+        assert model.loss.teacher_terms == ("normal", "mask")
+        assert [injection.clamp for injection in model.model.gii] == [False, False]
+        paper = _model(lite0_teacher)
+        assert paper.loss.teacher_terms == ("normal", "mask", "global")
+        assert all(injection.clamp for injection in paper.model.gii)
+        with pytest.raises(ValueError, match="teacher_loss_terms"):
+            _model(lite0_teacher, teacher_loss_terms=["normal", "expert"])
+
     def test_invalid_gii_mode(self, lite0_teacher: dict) -> None:
         with pytest.raises(ValueError, match="gii_mode"):
             _model(lite0_teacher, gii_mode="sometimes")
@@ -159,7 +197,7 @@ class TestModelAndAblations:
         assert torch.allclose(output.pred_score.flatten(), output.anomaly_map.amax(dim=(-3, -2, -1)))
 
 
-def _train_steps(model: RDExpert, images: torch.Tensor, steps: int) -> None:
+def _train_steps(model: RDExpert, images: torch.Tensor, steps: int, **trainer_arguments) -> None:
     """Run real training steps through Lightning on a fixed batch."""
 
     class Loader(torch.utils.data.Dataset):
@@ -174,10 +212,56 @@ def _train_steps(model: RDExpert, images: torch.Tensor, steps: int) -> None:
         batch_size=None,
         collate_fn=lambda batch: ImageBatch(image=batch),
     )
-    trainer = Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
-    )
+    arguments = {"max_epochs": 1, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = Trainer(**(arguments | trainer_arguments), accelerator="cpu")
     trainer.fit(model, train_dataloaders=loader)
+
+
+class _RecordRates(Callback):
+    """The learning rate of every optimiser during each training batch."""
+
+    def __init__(self) -> None:
+        self.rates: list[list[float]] = []
+
+    def on_train_batch_end(self, trainer: Trainer, *args, **kwargs) -> None:
+        self.rates.append([optimizer.param_groups[0]["lr"] for optimizer in trainer.optimizers])
+
+
+@pytest.mark.parametrize(
+    ("budget", "progress"),
+    [({"max_epochs": 1}, [0, 0.25, 0.5, 0.75]), ({"max_steps": 4}, [0, 0.5])],  # two optimiser steps per batch
+)
+def test_cosine_schedule_decays_both_rates_over_the_budget(
+    lite0_teacher: dict, sample_images: torch.Tensor, budget: dict, progress: list[float]
+) -> None:
+    model = _model(lite0_teacher, lr_schedule="cosine", teacher_lr=1e-4, student_lr=5e-3)
+    recorder = _RecordRates()
+    _train_steps(model, sample_images, steps=4, callbacks=[recorder], **budget)
+    factors = [0.5 * (1 + math.cos(math.pi * share)) for share in progress]
+    assert recorder.rates == [pytest.approx([1e-4 * f, 5e-3 * f]) for f in factors]
+
+
+def test_budget_progress_follows_wall_clock_under_max_time() -> None:
+    trainer = Trainer(max_epochs=-1, max_time={"minutes": 10}, logger=False, accelerator="cpu")
+    timer = next(callback for callback in trainer.callbacks if isinstance(callback, Timer))
+    assert budget_progress(trainer, optimizer_steps_per_batch=2) == 0
+    timer.on_train_start(trainer, None)
+    time.sleep(0.3)
+    share = budget_progress(trainer, optimizer_steps_per_batch=2)
+    assert 0.3 / 600 <= share < 10 / 600
+    assert schedule_factor("cosine", share) == pytest.approx(0.5 * (1 + math.cos(math.pi * share)))
+    assert schedule_factor("constant", share) == 1
+
+
+def test_cosine_schedule_without_a_budget_is_refused(lite0_teacher: dict, sample_images: torch.Tensor) -> None:
+    model = _model(lite0_teacher, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="lr_schedule='cosine' needs a finite training budget"):
+        _train_steps(model, sample_images, steps=2, max_epochs=-1)
+
+
+def test_unknown_lr_schedule_is_refused(lite0_teacher: dict) -> None:
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _model(lite0_teacher, lr_schedule="linear")
 
 
 @pytest.mark.parametrize("use_expert", [True, False])

@@ -16,7 +16,8 @@ Choices the abstract leaves open, made here and switchable:
       level, resized and projected to this scale (two scales, as in the authors' release).
     - The similarity is clamped to ``[0, 1]`` so the gate is a convex mix also for teachers whose
       features can point in opposite directions (e.g. EfficientNet's linear bottlenecks); ResNet
-      features are non-negative and unaffected.
+      features are non-negative and unaffected. ``clamp=False`` gives the authors' unclamped gate
+      (their ``models/student.py``), which extrapolates where the cosine similarity is negative.
     - ``gated=False`` gives the "ungated skip" ablation: the similarity is fixed at 1.
 """
 
@@ -39,22 +40,26 @@ class GuidedInformationInjection(nn.Module):
         channels: Channels of the decoder feature and the teacher feature of this scale.
         shallower_channels: Channels of the next shallower teacher level.
         gated: Gate by student-teacher similarity (GII) or pass the teacher feature ungated.
+        clamp: Clamp the gate to ``[0, 1]`` (this package's default) or use the raw cosine similarity
+            in ``[-1, 1]`` (the authors' code).
     """
 
-    def __init__(self, channels: int, shallower_channels: int, gated: bool = True) -> None:
+    def __init__(self, channels: int, shallower_channels: int, gated: bool = True, clamp: bool = True) -> None:
         super().__init__()
         self.gated = gated
+        self.clamp = clamp
         self.project_shallower = conv_bn_relu(shallower_channels, channels, kernel_size=1)
         self.fuse_teacher = conv_bn_relu(channels, channels)
         self.refine = conv_bn_relu(channels, channels)
         self.merge = conv_bn_relu(2 * channels, channels)
 
     def similarity(self, decoder: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """Per-pixel gate ``(B, 1, H, W)`` in ``[0, 1]``, without gradient."""
+        """Per-pixel gate ``(B, 1, H, W)``, in ``[0, 1]`` when clamped, without gradient."""
         if not self.gated:
             return torch.ones_like(decoder[:, :1])
         with torch.no_grad():
-            return F.cosine_similarity(decoder.detach(), teacher, dim=1).unsqueeze(1).clamp(0, 1)
+            similarity = F.cosine_similarity(decoder.detach(), teacher, dim=1).unsqueeze(1)
+            return similarity.clamp(0, 1) if self.clamp else similarity
 
     def forward(self, decoder: torch.Tensor, teacher: torch.Tensor, shallower_teacher: torch.Tensor) -> torch.Tensor:
         """Inject gated teacher detail into ``decoder``.

@@ -39,8 +39,15 @@ from anomalib_rdx.components import DistillationModule, flat_cosine_distance
 from anomalib_rdx.components.backbone import resolve_layers
 from anomalib_rdx.components.network import ImageScore
 from anomalib_rdx.components.precision import TrainingPrecision, channels_last
+from anomalib_rdx.components.schedule import (
+    LRSchedule,
+    budget_progress,
+    check_lr_schedule,
+    schedule_factor,
+    set_learning_rates,
+)
 
-from .loss import RDExpertLoss
+from .loss import RDExpertLoss, TeacherTerm
 from .torch_model import GIIMode, MapReference, RDExpertModel, resolve_gii_mode, resolve_map_reference
 
 PAPER_LAYERS = {"wide_resnet50_2": ("layer1", "layer2", "layer3")}
@@ -87,9 +94,16 @@ class RDExpert(DistillationModule):
         gii_mode: Guided Information Injection: ``"gated"`` (the paper), ``"ungated"`` skip
             connections, or ``"off"``. ``None`` (default): ``"gated"`` with the expert, ``"off"``
             without it.
+        gii_clamp: Clamp the GII gate to ``[0, 1]`` (default: a convex mix also for teachers with signed
+            features such as EfficientNet's) or use the raw cosine similarity, as the authors' code does.
+        teacher_loss_terms: Terms of the teacher objective, among ``"normal"``, ``"mask"`` and
+            ``"global"`` (see :meth:`RDExpertLoss.teacher_loss`). ``None`` (default): all three, the paper.
         teacher_lr: Teacher Adam learning rate. Defaults to the paper's ``1e-4``.
         student_lr: Student Adam learning rate. Defaults to the paper's ``5e-3``.
         betas: Adam betas of both optimisers. Defaults to ``(0.5, 0.999)``.
+        lr_schedule: ``"constant"`` (the paper) or ``"cosine"``: both rates decay as half a cosine to zero
+            over the trainer's budget (``max_steps``, ``max_time`` or ``max_epochs``; see
+            :mod:`anomalib_rdx.components.schedule`).
         anomaly_source_path: Folder of texture images (e.g. DTD) for the synthetic anomalies;
             Perlin noise textures when ``None``.
         anomaly_probability: Probability that a training image gets a synthetic anomaly.
@@ -126,9 +140,12 @@ class RDExpert(DistillationModule):
         backbone_weights: str | Path | None = None,
         use_expert: bool = True,
         gii_mode: GIIMode | None = None,
+        gii_clamp: bool = True,
+        teacher_loss_terms: Sequence[TeacherTerm] | None = None,
         teacher_lr: float = 1e-4,
         student_lr: float = 5e-3,
         betas: tuple[float, float] = (0.5, 0.999),
+        lr_schedule: LRSchedule = "constant",
         anomaly_source_path: str | Path | None = None,
         anomaly_probability: float = 1.0,
         map_reference: MapReference | None = None,
@@ -158,6 +175,7 @@ class RDExpert(DistillationModule):
         self.teacher_lr = teacher_lr
         self.student_lr = student_lr
         self.betas = tuple(betas)
+        self.lr_schedule = check_lr_schedule(lr_schedule)
         self.model = RDExpertModel(
             backbone=backbone,
             layers=layers,
@@ -166,13 +184,14 @@ class RDExpert(DistillationModule):
             backbone_weights=backbone_weights,
             use_expert=use_expert,
             gii_mode=gii_mode,
+            gii_clamp=gii_clamp,
             map_reference=map_reference,
             image_score=image_score,
             top_k_share=top_k_share,
             border_padding=border_padding,
             border_calibration=border_calibration,
         )
-        self.loss = RDExpertLoss()
+        self.loss = RDExpertLoss(teacher_loss_terms)
         self.anomaly_generator = PerlinAnomalyGenerator(
             anomaly_source_path=anomaly_source_path,
             probability=anomaly_probability,
@@ -196,6 +215,7 @@ class RDExpert(DistillationModule):
         """
         del args, kwargs
         images = channels_last(batch.image)
+        self._follow_lr_schedule()
         if not self.use_expert:
             return {"loss": self._plain_student_step(images)}
         teacher_optimizer, student_optimizer = self.optimizers()
@@ -239,6 +259,16 @@ class RDExpert(DistillationModule):
         self.log("train_teacher_loss", teacher_loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         self.log("train_student_loss", student_loss.detach(), on_epoch=True, prog_bar=True, batch_size=len(batch.image))
         return {"loss": (teacher_loss + student_loss).detach()}
+
+    def _follow_lr_schedule(self) -> None:
+        """Set the optimisers' rates for this batch from the share of the budget used (``lr_schedule``)."""
+        if self.lr_schedule == "constant":
+            return
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        base_rates = [self.teacher_lr, self.student_lr] if self.use_expert else [self.student_lr]
+        progress = budget_progress(self.trainer, optimizer_steps_per_batch=len(optimizers))
+        set_learning_rates(optimizers, base_rates, schedule_factor(self.lr_schedule, progress))
 
     def _plain_student_step(self, images: torch.Tensor) -> torch.Tensor:
         """Reverse distillation step: frozen teacher, student reconstructs its features."""

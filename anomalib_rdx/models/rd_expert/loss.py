@@ -5,9 +5,13 @@ normal features reproduce the synthetic anomaly mask on augmented images, so the
 anomalies apart. Student: from the teacher's features of the normal and of the augmented image,
 reconstruct the teacher's and the expert's features of the normal image, so the student only ever
 produces anomaly-free features.
+
+The teacher objective's three terms can be switched off one at a time (``teacher_terms``) for the
+ablation of what the expert-teacher training costs; all three is the paper's objective.
 """
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -16,6 +20,24 @@ from torch.nn import functional as F  # noqa: N812
 from anomalib_rdx.components.losses import flat_cosine_distance, pixel_cosine_distance, pixel_cosine_distance_maps
 
 Features = Sequence[torch.Tensor]
+TeacherTerm = Literal["normal", "mask", "global"]
+TEACHER_TERMS: tuple[TeacherTerm, ...] = ("normal", "mask", "global")
+
+
+def resolve_teacher_terms(terms: Sequence[str] | None) -> tuple[TeacherTerm, ...]:
+    """Check the teacher objective's terms; ``None`` gives all three (the paper's objective).
+
+    Raises:
+        ValueError: An unknown or repeated term, or no term at all (the teacher would not learn).
+    """
+    if terms is None:
+        return TEACHER_TERMS
+    terms = list(terms)
+    unknown = sorted(set(terms) - set(TEACHER_TERMS))
+    if unknown or not terms or len(set(terms)) != len(terms):
+        msg = f"teacher_loss_terms must be distinct names among {list(TEACHER_TERMS)} (at least one), got {terms}."
+        raise ValueError(msg)
+    return tuple(term for term in TEACHER_TERMS if term in terms)
 
 
 def mask_at(mask: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
@@ -25,10 +47,19 @@ def mask_at(mask: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
 
 
 class RDExpertLoss(nn.Module):
-    """Teacher and student objectives of RD with Expert."""
+    """Teacher and student objectives of RD with Expert.
 
-    @staticmethod
+    Args:
+        teacher_terms: Terms of the teacher objective to sum (see :meth:`teacher_loss`); ``None`` gives
+            all three, the paper's objective.
+    """
+
+    def __init__(self, teacher_terms: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.teacher_terms = resolve_teacher_terms(teacher_terms)
+
     def teacher_loss(
+        self,
         teacher_normal: Features,
         teacher_augmented: Features,
         expert_normal: Features,
@@ -45,20 +76,26 @@ class RDExpertLoss(nn.Module):
             anomaly_mask: Synthetic anomaly mask ``(B, 1, H, W)``.
 
         Returns:
-            ``normal + mask + global``: per-pixel cosine distance to the expert on normal images; L1
-            between the per-pixel distance teacher(augmented)-expert(normal) and the mask; flattened
-            cosine distance between teacher and expert on the augmented image.
+            The sum of the chosen terms of ``normal + mask + global``: per-pixel cosine distance to the
+            expert on normal images; L1 between the per-pixel distance teacher(augmented)-expert(normal)
+            and the mask; flattened cosine distance between teacher and expert on the augmented image.
         """
-        normal = pixel_cosine_distance(teacher_normal, expert_normal)
-        mask_term = sum(
-            (
-                F.l1_loss(pixel_cosine_distance_maps(t, e), mask_at(anomaly_mask, t))
-                for t, e in zip(teacher_augmented, expert_normal, strict=True)
-            ),
-            start=torch.zeros((), device=anomaly_mask.device),
-        )
-        global_term = flat_cosine_distance(teacher_augmented, expert_augmented)
-        return normal + mask_term + global_term
+        terms: list[torch.Tensor] = []
+        if "normal" in self.teacher_terms:
+            terms.append(pixel_cosine_distance(teacher_normal, expert_normal))
+        if "mask" in self.teacher_terms:
+            terms.append(
+                sum(
+                    (
+                        F.l1_loss(pixel_cosine_distance_maps(t, e), mask_at(anomaly_mask, t))
+                        for t, e in zip(teacher_augmented, expert_normal, strict=True)
+                    ),
+                    start=torch.zeros((), device=anomaly_mask.device),
+                ),
+            )
+        if "global" in self.teacher_terms:
+            terms.append(flat_cosine_distance(teacher_augmented, expert_augmented))
+        return sum(terms[1:], start=terms[0])
 
     @staticmethod
     def student_loss(

@@ -97,6 +97,8 @@ class RDExpertModel(ReverseDistillationNetwork):
         gii_mode: ``"gated"`` (GII), ``"ungated"`` (skip connection without gate) or ``"off"``; ``None``
             chooses by ``use_expert`` (see :func:`resolve_gii_mode`, which also refuses skip connections
             without the expert).
+        gii_clamp: Clamp the GII gate to ``[0, 1]`` (default) or use the raw similarity (the authors'
+            code; see :class:`~anomalib_rdx.models.rd_expert.gii.GuidedInformationInjection`).
         map_reference: Features the student's reconstruction is compared with at inference: ``"teacher"``
             (the paper), ``"expert"`` (the frozen pretrained encoder, which the student is also trained to
             reproduce on normal images) or ``"both"`` (sum of the two maps). With ``"expert"`` or
@@ -117,6 +119,7 @@ class RDExpertModel(ReverseDistillationNetwork):
         backbone_weights: str | Path | None = None,
         use_expert: bool = True,
         gii_mode: GIIMode | None = None,
+        gii_clamp: bool = True,
         map_reference: MapReference | None = None,
         image_score: ImageScore = "max",
         top_k_share: float = 0.01,
@@ -149,7 +152,9 @@ class RDExpertModel(ReverseDistillationNetwork):
             []
             if gii_mode == "off"
             else [
-                GuidedInformationInjection(channels[level], channels[level - 1], gated=gii_mode == "gated")
+                GuidedInformationInjection(
+                    channels[level], channels[level - 1], gated=gii_mode == "gated", clamp=gii_clamp
+                )
                 for level in range(len(channels) - 1, 0, -1)
             ],
         )
