@@ -1,10 +1,14 @@
-"""Image scores from the map and RDExpert's map reference: switches with the papers' values as defaults."""
+"""Inference switches with the papers' values as defaults: image score, map reference, border padding, flips."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from anomalib_rdx import AugmentedRD, DualStudentKD, RDExpert
 from anomalib_rdx.components.network import image_score_from_map
+
+from .openvino_helpers import export_openvino_ir
 
 
 def test_max_and_top_k_mean_scores() -> None:
@@ -90,3 +94,72 @@ def test_border_padding_keeps_the_map_size_and_changes_only_inference(
 def test_border_padding_that_breaks_the_strides_is_refused(lite0_teacher: dict) -> None:
     with pytest.raises(ValueError, match="border_padding makes the image"):
         AugmentedRD(**lite0_teacher, pre_processor=AugmentedRD.configure_pre_processor((64, 64)), border_padding=8)
+
+
+FLIPS = {"horizontal": [(-1,)], "vertical": [(-2,)], "all": [(-1,), (-2,), (-2, -1)]}
+
+
+@pytest.mark.parametrize("model_class", [RDExpert, AugmentedRD, DualStudentKD])
+@pytest.mark.parametrize(("flips", "scope"), [("horizontal", "map"), ("all", "map_and_score")])
+def test_time_flips_average_the_maps_of_the_mirror_images(
+    model_class: type, flips: str, scope: str, lite0_teacher: dict, sample_images: torch.Tensor
+) -> None:
+    size = model_class.configure_pre_processor((64, 64))
+    single = model_class(**lite0_teacher, pre_processor=size)
+    flipped = model_class(**lite0_teacher, pre_processor=size, test_time_flips=flips, flip_scope=scope)
+    flipped.model.load_state_dict(single.model.state_dict())
+    single.model.train(), flipped.model.train()
+    with torch.no_grad():  # training features: one view
+        for single_feature, flipped_feature in zip(
+            single.model(sample_images)[0], flipped.model(sample_images)[0], strict=True
+        ):
+            torch.testing.assert_close(single_feature, flipped_feature)
+    single.model.eval(), flipped.model.eval()
+    with torch.no_grad():
+        output = flipped.model(sample_images)
+        views = [single.model(sample_images).anomaly_map]
+        views += [single.model(sample_images.flip(dims)).anomaly_map.flip(dims) for dims in FLIPS[flips]]
+        # Mirror images of the input give the mirror images of the averaged map: the views form a group.
+        mirrored = [flipped.model(sample_images.flip(dims)).anomaly_map.flip(dims) for dims in FLIPS[flips]]
+    expected = torch.stack(views).mean(dim=0)
+    assert output.anomaly_map.shape == (len(sample_images), 1, 64, 64)
+    torch.testing.assert_close(output.anomaly_map, expected)
+    assert not torch.allclose(output.anomaly_map, views[0])
+    scored_map = output.anomaly_map if scope == "map_and_score" else views[0]  # "map": the image's own score
+    torch.testing.assert_close(output.pred_score, scored_map.flatten(1).amax(1, keepdim=True))
+    for mirror in mirrored:
+        torch.testing.assert_close(mirror, output.anomaly_map)
+
+
+def test_time_flips_combine_with_border_padding_and_refuse_unknown_values(
+    lite0_teacher: dict, sample_images: torch.Tensor
+) -> None:
+    size = AugmentedRD.configure_pre_processor((64, 64))
+    model = AugmentedRD(**lite0_teacher, pre_processor=size, border_padding=16, test_time_flips="vertical").eval()
+    with torch.no_grad():
+        output = model.model(sample_images)
+    assert output.anomaly_map.shape == (len(sample_images), 1, 64, 64)
+    assert output.pred_score.shape == (len(sample_images), 1)
+    with pytest.raises(ValueError, match="test_time_flips must be one of"):
+        AugmentedRD(**lite0_teacher, pre_processor=size, test_time_flips="diagonal")
+    with pytest.raises(ValueError, match="flip_scope must be one of"):
+        AugmentedRD(**lite0_teacher, pre_processor=size, test_time_flips="all", flip_scope="score")
+
+
+def test_time_flips_export_to_openvino_with_pytorchs_outputs(
+    tmp_path: Path, lite0_teacher: dict, sample_images: torch.Tensor
+) -> None:
+    # The views, the flips back and the average are part of the graph the edge device runs.
+    import openvino as ov
+
+    size = AugmentedRD.configure_pre_processor((64, 64))
+    model = AugmentedRD(**lite0_teacher, pre_processor=size, post_processor=False, test_time_flips="all").eval()
+    compiled = ov.Core().compile_model(export_openvino_ir(model, tmp_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    served = compiled(sample_images.numpy())
+    with torch.no_grad():
+        expected = model.model(sample_images)
+    names = [output.get_any_name() for output in compiled.outputs]
+    served_map = served[compiled.outputs[names.index("anomaly_map")]]
+    served_score = served[compiled.outputs[names.index("pred_score")]]
+    torch.testing.assert_close(torch.from_numpy(served_map), expected.anomaly_map, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(served_score).reshape(-1, 1), expected.pred_score, atol=1e-4, rtol=1e-4)

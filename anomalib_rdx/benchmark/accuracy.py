@@ -54,6 +54,7 @@ from tqdm import tqdm
 import anomalib_rdx
 from anomalib_rdx.components import ScoreAUROC
 from anomalib_rdx.components.checkpoint import load_checkpoint
+from anomalib_rdx.components.network import FLIP_SCOPES, FLIP_VIEWS
 from anomalib_rdx.components.served import ServedTestBatches
 from anomalib_rdx.data import SyntheticValidation
 from anomalib_rdx.data.synthetic import check_blend_factor
@@ -507,6 +508,9 @@ def _inference_options(args: argparse.Namespace) -> dict:
         options["image_score"] = args.image_score
     if args.map_reference is not None:
         options["map_reference"] = args.map_reference
+    if args.test_time_flips != "none":
+        options["test_time_flips"] = args.test_time_flips
+        options["flip_scope"] = args.flip_scope
     return options
 
 
@@ -628,6 +632,20 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="RDExpert: features the student is compared with at inference (teacher: the paper's; default: "
         "the model's, both)",
+    )
+    parser.add_argument(
+        "--test-time-flips",
+        choices=list(FLIP_VIEWS),
+        default="none",
+        help="package models of the RD family: average the maps of the image and its mirror images at "
+        "inference (none: the papers'; one network pass per view)",
+    )
+    parser.add_argument(
+        "--flip-scope",
+        choices=list(FLIP_SCOPES),
+        default="map",
+        help="with --test-time-flips: average the served map only (the image score stays the image's own) or "
+        "read the image score from the averaged map too",
     )
     parser.add_argument(
         "--trained-checkpoint",

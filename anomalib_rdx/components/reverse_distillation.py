@@ -17,7 +17,7 @@ from torch import nn
 from .anomaly_map import CosineDistanceMap
 from .backbone import build_feature_extractor
 from .decoder import build_student, check_input_size
-from .network import DistillationNetwork, ImageScore
+from .network import DistillationNetwork, FlipScope, ImageScore, TestTimeFlips
 
 
 class ReverseDistillationNetwork(DistillationNetwork):
@@ -34,6 +34,8 @@ class ReverseDistillationNetwork(DistillationNetwork):
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
         border_calibration: Standardise the map per distance to the border (see ``DistillationNetwork``).
+        test_time_flips: Maps of mirror images averaged at inference (see ``DistillationNetwork``).
+        flip_scope: What the flips change, the map or also the image score (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -48,6 +50,8 @@ class ReverseDistillationNetwork(DistillationNetwork):
         top_k_share: float = 0.01,
         border_padding: int = 0,
         border_calibration: bool = False,
+        test_time_flips: TestTimeFlips = "none",
+        flip_scope: FlipScope = "map",
     ) -> None:
         super().__init__(
             input_size,
@@ -55,6 +59,8 @@ class ReverseDistillationNetwork(DistillationNetwork):
             top_k_share=top_k_share,
             border_padding=border_padding,
             border_calibration=border_calibration,
+            test_time_flips=test_time_flips,
+            flip_scope=flip_scope,
         )
         self.teacher, self.pyramid = build_feature_extractor(
             backbone,

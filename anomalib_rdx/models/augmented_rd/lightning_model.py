@@ -27,7 +27,7 @@ from torch import optim
 
 from anomalib_rdx.components import DistillationModule
 from anomalib_rdx.components.backbone import resolve_layers
-from anomalib_rdx.components.network import ImageScore
+from anomalib_rdx.components.network import FlipScope, ImageScore, TestTimeFlips
 from anomalib_rdx.components.precision import TrainingPrecision, channels_last
 
 from .augmentation import RestorationAugmenter
@@ -62,6 +62,10 @@ class AugmentedRD(DistillationModule):
             standard deviation of the normal validation images' maps at that distance, fitted at every
             validation (false, the papers': the plain map). Counters the fall-off without raising the good
             parts' borders; needs normal images in the validation split.
+        test_time_flips: Average the maps of the image and its mirror images at inference (``"none"``,
+            the paper's; ``"horizontal"``, ``"vertical"``, ``"all"``): one network pass per view.
+        flip_scope: ``"map"``: the flips average the served map only, the image score stays the
+            image's own; ``"map_and_score"``: the score is read from the averaged map too.
         training_precision: Precision of the training steps' forward passes: ``"auto"`` (bf16 mixed
             precision on a CPU with bfloat16 instructions, else FP32), ``"bf16-mixed"`` or ``"32"`` (see
             :mod:`anomalib_rdx.components.precision`).
@@ -89,6 +93,8 @@ class AugmentedRD(DistillationModule):
         top_k_share: float = 0.01,
         border_padding: int = 0,
         border_calibration: bool = False,
+        test_time_flips: TestTimeFlips = "none",
+        flip_scope: FlipScope = "map",
         training_precision: TrainingPrecision = "auto",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -116,6 +122,8 @@ class AugmentedRD(DistillationModule):
             top_k_share=top_k_share,
             border_padding=border_padding,
             border_calibration=border_calibration,
+            test_time_flips=test_time_flips,
+            flip_scope=flip_scope,
         )
         self.augmenter = RestorationAugmenter(
             color_jitter_probability=color_jitter_probability,

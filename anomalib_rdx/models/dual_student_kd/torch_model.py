@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from anomalib_rdx.components import PyramidBottleneck, build_feature_extractor, build_student, check_input_size
-from anomalib_rdx.components.network import DistillationNetwork, ImageScore
+from anomalib_rdx.components.network import DistillationNetwork, FlipScope, ImageScore, TestTimeFlips
 
 from .anomaly_map import DualStudentAnomalyMap, ScaleCombination, StudentCombination
 
@@ -50,6 +50,8 @@ class DualStudentKDModel(DistillationNetwork):
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
         border_calibration: Standardise the map per distance to the border (see ``DistillationNetwork``).
+        test_time_flips: Maps of mirror images averaged at inference (see ``DistillationNetwork``).
+        flip_scope: What the flips change, the map or also the image score (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -67,6 +69,8 @@ class DualStudentKDModel(DistillationNetwork):
         top_k_share: float = 0.01,
         border_padding: int = 0,
         border_calibration: bool = False,
+        test_time_flips: TestTimeFlips = "none",
+        flip_scope: FlipScope = "map",
     ) -> None:
         super().__init__(
             input_size,
@@ -74,6 +78,8 @@ class DualStudentKDModel(DistillationNetwork):
             top_k_share=top_k_share,
             border_padding=border_padding,
             border_calibration=border_calibration,
+            test_time_flips=test_time_flips,
+            flip_scope=flip_scope,
         )
         if students not in {"both", "encoder", "decoder"}:
             msg = f"students must be 'both', 'encoder' or 'decoder', got {students!r}."

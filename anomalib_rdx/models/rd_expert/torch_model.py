@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from anomalib_rdx.components import set_trainable
-from anomalib_rdx.components.network import ImageScore
+from anomalib_rdx.components.network import FlipScope, ImageScore, TestTimeFlips
 from anomalib_rdx.components.reverse_distillation import ReverseDistillationNetwork
 
 from .gii import GuidedInformationInjection
@@ -108,6 +108,8 @@ class RDExpertModel(ReverseDistillationNetwork):
         top_k_share: Share of pixels averaged by ``image_score="top_k_mean"``.
         border_padding: Pixels mirrored around the image at inference (see ``DistillationNetwork``).
         border_calibration: Standardise the map per distance to the border (see ``DistillationNetwork``).
+        test_time_flips: Maps of mirror images averaged at inference (see ``DistillationNetwork``).
+        flip_scope: What the flips change, the map or also the image score (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -125,6 +127,8 @@ class RDExpertModel(ReverseDistillationNetwork):
         top_k_share: float = 0.01,
         border_padding: int = 0,
         border_calibration: bool = False,
+        test_time_flips: TestTimeFlips = "none",
+        flip_scope: FlipScope = "map",
     ) -> None:
         gii_mode = resolve_gii_mode(use_expert, gii_mode)
         map_reference = resolve_map_reference(use_expert, map_reference)
@@ -139,6 +143,8 @@ class RDExpertModel(ReverseDistillationNetwork):
             top_k_share=top_k_share,
             border_padding=border_padding,
             border_calibration=border_calibration,
+            test_time_flips=test_time_flips,
+            flip_scope=flip_scope,
         )
         self.map_reference = map_reference
         self.expert: nn.Module | None = None
