@@ -134,6 +134,9 @@ def _build(model_class: type[AnomalibModule], config: BenchmarkConfig, **overrid
     )
 
 
+CALIBRATION_KEYS = (".border_calibration.", ".score_calibration.")
+"""State-dict parts a checkpoint from before the border calibration lacks (loaded as not fitted)."""
+
 _NO_AUGMENTATION = {
     "color_jitter_probability": 0.0,
     "blur_probability": 0.0,
@@ -198,11 +201,11 @@ def load_benchmark_checkpoint(
         overrides["pre_processor"] = cls.configure_pre_processor((image_size, image_size))
     saved = load_checkpoint(path, cls.checkpoint_safe_globals())["state_dict"]  # data only: refuses code
     model = cls.load_from_checkpoint(path, map_location="cpu", strict=False, **overrides).eval()
-    # a checkpoint from before the border calibration existed loads it as not fitted (BorderCalibration)
+    # a checkpoint from before the border calibrations existed loads them as not fitted (BorderCalibration)
     missing = [
         key
         for key in model.state_dict()
-        if key.startswith("model.") and key not in saved and ".border_calibration." not in key
+        if key.startswith("model.") and key not in saved and not any(part in key for part in CALIBRATION_KEYS)
     ]
     if missing:
         msg = f"{path} is not a {name} checkpoint of this architecture: it lacks {missing[:3]}."

@@ -223,16 +223,21 @@ class DistillationModule(AnomalibModule):
         One extra forward pass, in FP32, over the normal images of the whole validation split, read in this
         process (no loader workers to start; under DDP every process reads the whole split and fits the same
         statistics). The torch random state is restored afterwards, so the training stream does not
-        depend on the switch.
+        depend on the switch. With test-time flips whose image score reads the image's own map
+        (``flip_scope="map"``), that map's statistics are fitted from the same pass too.
         """
         super().on_validation_epoch_start()
-        calibration = getattr(self.model, "border_calibration", None)
+        network = self.model
+        calibration = getattr(network, "border_calibration", None)
         if calibration is None or not calibration.enabled:
             return
+        score_calibration = network.score_calibration if network.scores_own_view else None
         loaders = self.trainer.val_dataloaders
         loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
         transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
-        calibration.start_fit()
+        for statistics in (calibration, score_calibration):
+            if statistics is not None:
+                statistics.start_fit()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             for loader in loaders:
                 in_process = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
@@ -243,8 +248,13 @@ class DistillationModule(AnomalibModule):
                     images = batch.image[normal].to(self.device)
                     images = transform(images) if transform is not None else images
                     with full_precision(images):
-                        calibration.observe(self.model(images).anomaly_map)
-        calibration.finish_fit()
+                        _, view_maps = network.maps_of_views(images)
+                    calibration.observe(network.average_views(view_maps))
+                    if score_calibration is not None:
+                        score_calibration.observe(network.own_view(view_maps))
+        for statistics in (calibration, score_calibration):
+            if statistics is not None:
+                statistics.finish_fit()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Store anomaly maps and scores of a validation batch, computed in FP32 under any training precision."""

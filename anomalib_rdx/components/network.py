@@ -130,6 +130,10 @@ class DistillationNetwork(nn.Module):
         """Size of the images the anomaly map is computed on: the input size plus the border padding."""
         self.normalize = ImageNetNormalization()
         self.border_calibration = BorderCalibration(enabled=border_calibration)
+        self.score_calibration = BorderCalibration(enabled=True)
+        """Border statistics of the image's own (unflipped) map, which the image score reads under
+        ``flip_scope="map"`` with the border calibration on: the averaged map the border calibration
+        standardises varies less than one view. Fitted beside it; applied only while it is on."""
         self.tiler: Tiler | None = None  # set by anomalib's TilerConfigurationCallback
 
     def tile(self, images: torch.Tensor) -> torch.Tensor:
@@ -184,16 +188,29 @@ class DistillationNetwork(nn.Module):
             [per_view[index].flip(dims) if dims else per_view[index] for index, dims in enumerate(views)]
         ).mean(dim=0)
 
+    @property
+    def scores_own_view(self) -> bool:
+        """Whether the image score is read from the image's own map while the served map averages flips."""
+        return self.flip_scope == "map" and len(FLIP_VIEWS[self.test_time_flips]) > 1
+
+    def own_view(self, view_maps: torch.Tensor) -> torch.Tensor:
+        """Pick the maps of the unflipped images out of per-view maps (view-major, as :meth:`flip_views`)."""
+        return view_maps.unflatten(0, (len(FLIP_VIEWS[self.test_time_flips]), -1))[0]
+
+    def maps_of_views(self, images: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """Whole-image features and raw maps ``(views x B, 1, H, W)`` of ``[0, 1]`` images and their mirror images."""
+        views = self.tile(self.flip_views(images))
+        features = self.untile(self.features(self.normalize(self.pad_border(views))))
+        return features, self.crop_border(self.anomaly_map(features))
+
     def forward(self, images: torch.Tensor) -> Any:
         """Features of ``[0, 1]`` images in training; anomalib's ``InferenceBatch`` in evaluation."""
         if self.training:
             return self.features(self.normalize(self.tile(images)))
-        views = self.tile(self.flip_views(images))
-        features = self.untile(self.features(self.normalize(self.pad_border(views))))
-        view_maps = self.crop_border(self.anomaly_map(features))
+        features, view_maps = self.maps_of_views(images)
         anomaly_map = self.border_calibration(self.average_views(view_maps))
         score_map = anomaly_map
-        view_count = len(FLIP_VIEWS[self.test_time_flips])
-        if self.flip_scope == "map" and view_count > 1:  # the score of the image itself, calibrated like the map
-            score_map = self.border_calibration(view_maps.unflatten(0, (view_count, -1))[0])
+        if self.scores_own_view:
+            score_map = self.own_view(view_maps)
+            score_map = self.score_calibration(score_map) if self.border_calibration.enabled else score_map
         return InferenceBatch(pred_score=self.image_score_of(features, score_map), anomaly_map=anomaly_map)
