@@ -4,11 +4,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from anomalib.models.components import AnomalibModule
 
 from anomalib_rdx import AugmentedRD, DualStudentKD, RDExpert
 from anomalib_rdx.components.network import image_score_from_map
 
 from .openvino_helpers import export_openvino_ir
+
+
+def assert_same_training_features(reference: AnomalibModule, switched: AnomalibModule, images: torch.Tensor) -> None:
+    """An inference switch leaves the training features alone; both networks are left in evaluation mode."""
+    reference.model.train(), switched.model.train()
+    with torch.no_grad():
+        for expected, actual in zip(reference.model(images)[0], switched.model(images)[0], strict=True):
+            torch.testing.assert_close(actual, expected)
+    reference.model.eval(), switched.model.eval()
 
 
 def test_max_and_top_k_mean_scores() -> None:
@@ -78,13 +88,7 @@ def test_border_padding_keeps_the_map_size_and_changes_only_inference(
     plain = model_class(**lite0_teacher, pre_processor=size)
     padded = model_class(**lite0_teacher, pre_processor=size, border_padding=16)
     padded.model.load_state_dict(plain.model.state_dict())
-    plain.model.train(), padded.model.train()
-    with torch.no_grad():  # training features: no padding
-        for plain_feature, padded_feature in zip(
-            plain.model(sample_images)[0], padded.model(sample_images)[0], strict=True
-        ):
-            torch.testing.assert_close(plain_feature, padded_feature)
-    plain.model.eval(), padded.model.eval()
+    assert_same_training_features(plain, padded, sample_images)  # no padding in training
     with torch.no_grad():
         plain_map, padded_map = plain.model(sample_images).anomaly_map, padded.model(sample_images).anomaly_map
     assert padded_map.shape == plain_map.shape == (len(sample_images), 1, 64, 64)
@@ -108,13 +112,7 @@ def test_time_flips_average_the_maps_of_the_mirror_images(
     single = model_class(**lite0_teacher, pre_processor=size)
     flipped = model_class(**lite0_teacher, pre_processor=size, test_time_flips=flips, flip_scope=scope)
     flipped.model.load_state_dict(single.model.state_dict())
-    single.model.train(), flipped.model.train()
-    with torch.no_grad():  # training features: one view
-        for single_feature, flipped_feature in zip(
-            single.model(sample_images)[0], flipped.model(sample_images)[0], strict=True
-        ):
-            torch.testing.assert_close(single_feature, flipped_feature)
-    single.model.eval(), flipped.model.eval()
+    assert_same_training_features(single, flipped, sample_images)  # one view in training
     with torch.no_grad():
         output = flipped.model(sample_images)
         views = [single.model(sample_images).anomaly_map]

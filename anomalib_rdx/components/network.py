@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from .border_calibration import BorderCalibration
+from .choices import check_choice
 from .normalization import ImageNetNormalization
 
 ImageScore = Literal["max", "top_k_mean"]
@@ -108,18 +109,12 @@ class DistillationNetwork(nn.Module):
         if border_padding < 0 or border_padding >= min(input_size):
             msg = f"border_padding must be in [0, {min(input_size)}) for {tuple(input_size)} images: {border_padding}."
             raise ValueError(msg)
-        if image_score not in IMAGE_SCORES:
-            msg = f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}."
-            raise ValueError(msg)
+        check_choice("image_score", image_score, IMAGE_SCORES)
         if not 0 < top_k_share <= 1:
             msg = f"top_k_share must be in (0, 1], got {top_k_share}."
             raise ValueError(msg)
-        if test_time_flips not in FLIP_VIEWS:
-            msg = f"test_time_flips must be one of {tuple(FLIP_VIEWS)}, got {test_time_flips!r}."
-            raise ValueError(msg)
-        if flip_scope not in FLIP_SCOPES:
-            msg = f"flip_scope must be one of {FLIP_SCOPES}, got {flip_scope!r}."
-            raise ValueError(msg)
+        check_choice("test_time_flips", test_time_flips, FLIP_VIEWS)
+        check_choice("flip_scope", flip_scope, FLIP_SCOPES)
         self.test_time_flips = test_time_flips
         self.flip_scope = flip_scope
         self.image_score = image_score

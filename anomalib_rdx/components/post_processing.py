@@ -29,6 +29,8 @@ from anomalib.data import Batch, InferenceBatch
 from anomalib.post_processing import PostProcessor
 from lightning import LightningModule, Trainer
 
+from .choices import check_choice
+
 logger = logging.getLogger(__name__)
 
 ThresholdRule = Literal["false_reject_rate", "f1_adaptive"]
@@ -235,15 +237,11 @@ class NormalQuantilePostProcessor(PostProcessor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if threshold not in THRESHOLD_RULES:
-            msg = f"threshold must be one of {THRESHOLD_RULES}, got {threshold!r}."
-            raise ValueError(msg)
+        check_choice("threshold", threshold, THRESHOLD_RULES)
         if pixel_threshold_rule is not None and pixel_threshold_rule not in THRESHOLD_RULES:
             msg = f"pixel_threshold_rule must be None or one of {THRESHOLD_RULES}, got {pixel_threshold_rule!r}."
             raise ValueError(msg)
-        if map_scale not in MAP_SCALES:
-            msg = f"map_scale must be one of {MAP_SCALES}, got {map_scale!r}."
-            raise ValueError(msg)
+        check_choice("map_scale", map_scale, MAP_SCALES)
         _check_rate("false_reject_rate", false_reject_rate)
         if pixel_false_positive_rate is not None:
             _check_rate("pixel_false_positive_rate", pixel_false_positive_rate)

@@ -37,6 +37,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .choices import check_choice
+
 TrainingPrecision = Literal["auto", "bf16-mixed", "32"]
 TRAINING_PRECISIONS = ("auto", "bf16-mixed", "32")
 
@@ -59,9 +61,7 @@ def check_training_precision(precision: str) -> TrainingPrecision:
     Raises:
         ValueError: Naming the argument and the accepted values otherwise.
     """
-    if precision not in TRAINING_PRECISIONS:
-        msg = f"training_precision must be one of {TRAINING_PRECISIONS}, got {precision!r}."
-        raise ValueError(msg)
+    check_choice("training_precision", precision, TRAINING_PRECISIONS)
     return precision  # type: ignore[return-value]
 
 

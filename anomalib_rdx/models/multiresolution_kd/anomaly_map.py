@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from anomalib_rdx.components.anomaly_map import SeparableGaussianBlur, upsample_bilinear
+from anomalib_rdx.components.choices import check_choice
 from anomalib_rdx.components.losses import pixel_cosine_distance_maps
 
 GradientMethod = Literal["gradient", "smoothgrad", "guided"]
@@ -114,12 +115,8 @@ def gradient_map(
     Returns:
         Map ``(B, 1, H, W)``, finite and non-negative (in ``[0, 1]`` with the official recipe).
     """
-    if method not in GRADIENT_METHODS:
-        msg = f"method must be one of {GRADIENT_METHODS}, got {method!r}."
-        raise ValueError(msg)
-    if recipe not in GRADIENT_RECIPES:
-        msg = f"recipe must be one of {GRADIENT_RECIPES}, got {recipe!r}."
-        raise ValueError(msg)
+    check_choice("method", method, GRADIENT_METHODS)
+    check_choice("recipe", recipe, GRADIENT_RECIPES)
     official = recipe == "official"
     samples = 1 if method != "smoothgrad" else (50 if official else 8)
     undo = _guided_relu_hooks(guided_networks) if method == "guided" else []

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_rdx.components import build_feature_extractor, check_input_size
+from anomalib_rdx.components.choices import check_choice
 from anomalib_rdx.components.network import IMAGE_SCORES, DistillationNetwork
 
 from .anomaly_map import GRADIENT_METHODS, GRADIENT_RECIPES, DiscrepancyMapGenerator, GradientRecipe, gradient_map
@@ -89,21 +90,13 @@ class MultiResolutionKDModel(DistillationNetwork):
         image_score: MKDImageScore = "top_k_mean",
         top_k_share: float = 0.01,
     ) -> None:
-        if image_score not in MKD_IMAGE_SCORES:
-            msg = f"image_score must be one of {MKD_IMAGE_SCORES}, got {image_score!r}."
-            raise ValueError(msg)
+        check_choice("image_score", image_score, MKD_IMAGE_SCORES)
         map_score = "max" if image_score == "discrepancy" else image_score
         super().__init__(input_size, image_score=map_score, top_k_share=top_k_share)
         self.score_from_discrepancy = image_score == "discrepancy"
-        if score_layers not in SCORE_LAYERS:
-            msg = f"score_layers must be one of {SCORE_LAYERS}, got {score_layers!r}."
-            raise ValueError(msg)
-        if localization not in LOCALIZATIONS:
-            msg = f"localization must be one of {LOCALIZATIONS}, got {localization!r}."
-            raise ValueError(msg)
-        if gradient_recipe not in GRADIENT_RECIPES:
-            msg = f"gradient_recipe must be one of {GRADIENT_RECIPES}, got {gradient_recipe!r}."
-            raise ValueError(msg)
+        check_choice("score_layers", score_layers, SCORE_LAYERS)
+        check_choice("localization", localization, LOCALIZATIONS)
+        check_choice("gradient_recipe", gradient_recipe, GRADIENT_RECIPES)
         self.layer_positions = resolve_layer_positions(backbone, layer_positions)
         self.layers = list(layers) if layers is not None else default_layers(backbone, self.layer_positions)
         if not normalize_input:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from anomalib_rdx.components import set_trainable
+from anomalib_rdx.components.choices import check_choice
 from anomalib_rdx.components.network import FlipScope, ImageScore, TestTimeFlips
 from anomalib_rdx.components.reverse_distillation import ReverseDistillationNetwork
 
@@ -74,9 +75,7 @@ def resolve_map_reference(use_expert: bool, map_reference: MapReference | None) 
     """
     if map_reference is None:
         return "both" if use_expert else "teacher"
-    if map_reference not in MAP_REFERENCES:
-        msg = f"map_reference must be one of {MAP_REFERENCES}, got {map_reference!r}."
-        raise ValueError(msg)
+    check_choice("map_reference", map_reference, MAP_REFERENCES)
     if map_reference != "teacher" and not use_expert:
         msg = f"map_reference={map_reference!r} compares with the expert, which use_expert=False does not build."
         raise ValueError(msg)
