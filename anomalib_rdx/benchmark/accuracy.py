@@ -354,6 +354,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
         logger.warning("%s skipped: %s", name, skipped)
         return {"model": name, "seed": config.seed, "status": "skipped", "reason": str(skipped)}
     folder = output / name / f"seed{config.seed}"
+    folder.mkdir(parents=True, exist_ok=True)  # nothing else may create it (no heat maps, no checkpoint saved)
     recorder, per_type, learning_curve = TestScoreRecorder(), PerDefectTypeMetrics(), LearningCurve()
     decisions, timer = DecisionRecorder(), BenchmarkTimer()
     validation = (
