@@ -232,12 +232,12 @@ class DistillationModule(AnomalibModule):
         if calibration is None or not calibration.enabled:
             return
         score_calibration = network.score_calibration if network.scores_own_view else None
+        fitted = [calibration] if score_calibration is None else [calibration, score_calibration]
         loaders = self.trainer.val_dataloaders
         loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
         transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
-        for statistics in (calibration, score_calibration):
-            if statistics is not None:
-                statistics.start_fit()
+        for statistics in fitted:
+            statistics.start_fit()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             for loader in loaders:
                 in_process = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
@@ -252,9 +252,8 @@ class DistillationModule(AnomalibModule):
                     calibration.observe(network.average_views(view_maps))
                     if score_calibration is not None:
                         score_calibration.observe(network.own_view(view_maps))
-        for statistics in (calibration, score_calibration):
-            if statistics is not None:
-                statistics.finish_fit()
+        for statistics in fitted:
+            statistics.finish_fit()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Store anomaly maps and scores of a validation batch, computed in FP32 under any training precision."""
