@@ -146,8 +146,15 @@ def test_trained_checkpoint_is_evaluated_without_training(benchmark_output: Path
     ]  # fmt: skip
     main([*common, "--output", str(root / "again")])
     main([*common, "--border-padding", "16", "--output", str(root / "padded")])
+    # --model-arg reaches a re-evaluated model too; with no heat maps and no checkpoint to save, the run's
+    # folder must still be made for its score files (it was not: the run crashed after its test pass)
+    main([*common, "--model-arg", "visualizer=false", "--output", str(root / "quiet")])
     (again,) = json.loads((root / "again" / "results.json").read_text())["results"]
     (padded,) = json.loads((root / "padded" / "results.json").read_text())["results"]
+    (quiet,) = json.loads((root / "quiet" / "results.json").read_text())["results"]
+    assert quiet["image_AUROC"] == pytest.approx(trained["image_AUROC"], abs=1e-6)
+    assert (root / "quiet" / quiet["test_scores"]).is_file()
+    assert not any((root / "quiet").rglob("*.png"))
     assert again["train_steps"] == padded["train_steps"] == 0
     assert again["train_seconds"] == 0.0  # anomalib's TimerCallback saw no fit
     assert again["test_seconds"] > 0.0

@@ -95,7 +95,8 @@ class BenchmarkConfig(DataAndTeacher):
     """Blend factor range of the synthetic validation anomalies (:class:`~anomalib_rdx.data.SyntheticValidation`);
     ``None``: anomalib's split as it is, (0.01, 0.2)."""
     trained_checkpoint: str | None = None
-    """Evaluate this checkpoint (with ``inference_options`` as overrides) instead of training."""
+    """Evaluate this checkpoint instead of training, with ``model_options`` and ``inference_options`` (those
+    the model takes) overriding its saved constructor arguments."""
     measure_costs: bool = True
     """Time PyTorch inference of the trained checkpoint in a fresh process (latency, peak memory); off for
     quick checks of quality alone (the row then has the parameter count only)."""
@@ -120,14 +121,18 @@ def _teacher_kwargs(config: BenchmarkConfig) -> dict:
     }
 
 
-def _build(model_class: type[AnomalibModule], config: BenchmarkConfig, **overrides: object) -> AnomalibModule:
-    size = (config.image_size, config.image_size)
+def chosen_options(model_class: type[AnomalibModule], config: BenchmarkConfig) -> dict:
+    """Select the ``--model-arg`` values and inference switches of ``config`` that ``model_class`` takes."""
     accepted = inspect.signature(model_class).parameters
     chosen = config.model_options | config.inference_options
-    options = {key: value for key, value in chosen.items() if key in accepted}
+    return {key: value for key, value in chosen.items() if key in accepted}
+
+
+def _build(model_class: type[AnomalibModule], config: BenchmarkConfig, **overrides: object) -> AnomalibModule:
+    size = (config.image_size, config.image_size)
     return model_class(
         **_teacher_kwargs(config),
-        **options,
+        **chosen_options(model_class, config),
         **overrides,
         pre_processor=model_class.configure_pre_processor(size),
         evaluator=benchmark_evaluator(),
@@ -346,7 +351,7 @@ def run_one(name: str, config: BenchmarkConfig, output: Path) -> dict:
                 Path(config.trained_checkpoint),
                 config.image_size,
                 evaluator=benchmark_evaluator(),
-                **config.inference_options,
+                **chosen_options(model_class(name), config),
             )
         else:
             model = MODELS[name](config)
@@ -655,7 +660,7 @@ def main(argv: list[str] | None = None) -> None:
         "--trained-checkpoint",
         default=None,
         help="evaluate this checkpoint of the one --models entry (no training), with the inference switches "
-        "above as overrides; thresholds are refitted on the validation split",
+        "above and any --model-arg as overrides; thresholds are refitted on the validation split",
     )
     parser.add_argument(
         "--model-arg",
