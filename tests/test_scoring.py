@@ -7,6 +7,7 @@ import torch
 from anomalib.models.components import AnomalibModule
 
 from anomalib_rdx import AugmentedRD, DualStudentKD, RDExpert
+from anomalib_rdx.components import SeparableGaussianBlur
 from anomalib_rdx.components.network import image_score_from_map
 
 from .openvino_helpers import export_openvino_ir
@@ -98,6 +99,31 @@ def test_border_padding_keeps_the_map_size_and_changes_only_inference(
 def test_border_padding_that_breaks_the_strides_is_refused(lite0_teacher: dict) -> None:
     with pytest.raises(ValueError, match="border_padding makes the image"):
         AugmentedRD(**lite0_teacher, pre_processor=AugmentedRD.configure_pre_processor((64, 64)), border_padding=8)
+
+
+@pytest.mark.parametrize("model_class", [RDExpert, AugmentedRD, DualStudentKD])
+def test_map_sigma_is_the_smoothing_of_the_served_map(
+    model_class: type, lite0_teacher: dict, sample_images: torch.Tensor
+) -> None:
+    """Gaussians compose (sigma 2, then sigma sqrt(12), is sigma 4): away from the borders the paper's map is
+    the ``map_sigma=2`` map blurred once more, so the switch sets the smoothing and nothing else."""
+    size = model_class.configure_pre_processor((64, 64))
+    paper = model_class(**lite0_teacher, pre_processor=size).eval()
+    sharper = model_class(**lite0_teacher, pre_processor=size, map_sigma=2).eval()
+    sharper.model.load_state_dict(paper.model.state_dict())
+    assert_same_training_features(paper, sharper, sample_images)
+    with torch.no_grad():
+        paper_output, sharper_output = paper.model(sample_images), sharper.model(sample_images)
+        reblurred = SeparableGaussianBlur(12**0.5)(sharper_output.anomaly_map)
+    interior = (..., slice(24, -24), slice(24, -24))  # reflected borders of both blurs reach 8 + 14 pixels in
+    torch.testing.assert_close(reblurred[interior], paper_output.anomaly_map[interior], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(sharper_output.anomaly_map, paper_output.anomaly_map)
+    torch.testing.assert_close(
+        sharper_output.pred_score, sharper_output.anomaly_map.flatten(1).amax(1, keepdim=True)
+    )  # the score is read from the map it serves
+    assert sharper.hparams.map_sigma == 2
+    with pytest.raises(ValueError, match="map_sigma must be a positive"):
+        model_class(**lite0_teacher, pre_processor=size, map_sigma=0)
 
 
 FLIPS = {"horizontal": [(-1,)], "vertical": [(-2,)], "all": [(-1,), (-2,), (-2, -1)]}

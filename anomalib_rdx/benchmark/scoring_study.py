@@ -14,6 +14,7 @@ prints
 
 import argparse
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -86,8 +87,9 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def _variant(value: str) -> dict[str, object]:
-    key, setting = model_argument(value, "--variants")
-    return {key: setting}
+    """Parse one variant: ``KEY=VALUE``, or several joined by commas (``a=1,b=x``; a tuple value stays whole)."""
+    parts = re.split(r",(?=\s*[A-Za-z_]\w*=)", value)
+    return dict(model_argument(part.strip(), "--variants") for part in parts)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="*",
         default=[],
         type=_variant,
-        help="constructor overrides to compare, each KEY=VALUE (e.g. map_reference=expert); one model each",
+        help="constructor overrides to compare, each KEY=VALUE (e.g. map_reference=expert) or several "
+        "joined by commas (border_calibration=true,map_sigma=2); one model each",
     )
     args = parser.parse_args(argv)
     val_blend = parsed_val_blend(parser, args)

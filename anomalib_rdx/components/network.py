@@ -93,6 +93,8 @@ class DistillationNetwork(nn.Module):
         flip_scope: What the flips change: ``"map"`` (the served map; the image score stays that of the
             image itself, calibrated like the map) or ``"map_and_score"`` (the score is read from the
             averaged map too).
+        map_sigma: Standard deviation in pixels of the Gaussian that smooths the anomaly map (4, the
+            papers' and anomalib's); the image score is read from the smoothed map.
     """
 
     def __init__(
@@ -104,8 +106,12 @@ class DistillationNetwork(nn.Module):
         border_calibration: bool = False,
         test_time_flips: TestTimeFlips = "none",
         flip_scope: FlipScope = "map",
+        map_sigma: float = 4.0,
     ) -> None:
         super().__init__()
+        if not map_sigma > 0:
+            msg = f"map_sigma must be a positive number of pixels, got {map_sigma}."
+            raise ValueError(msg)
         if border_padding < 0 or border_padding >= min(input_size):
             msg = f"border_padding must be in [0, {min(input_size)}) for {tuple(input_size)} images: {border_padding}."
             raise ValueError(msg)
@@ -117,6 +123,7 @@ class DistillationNetwork(nn.Module):
         check_choice("flip_scope", flip_scope, FLIP_SCOPES)
         self.test_time_flips = test_time_flips
         self.flip_scope = flip_scope
+        self.map_sigma = float(map_sigma)
         self.image_score = image_score
         self.top_k_share = top_k_share
         self.border_padding = border_padding

@@ -3,7 +3,8 @@
 A teacher encoder (any timm CNN), a one-class bottleneck and a student decoder that mirrors the
 teacher (Deng & Li, "Anomaly Detection via Reverse Distillation from One-Class Embedding", CVPR
 2022). Scoring is the same for every reverse-distillation model of the package: the sum over scales
-of ``1 - cos(teacher, student)``, upsampled to the input size, blurred with a Gaussian of sigma 4,
+of ``1 - cos(teacher, student)``, upsampled to the input size, blurred with a Gaussian (sigma 4 unless
+``map_sigma`` says otherwise),
 and the image score is the map's maximum (anomalib's ``AnomalyMapGenerator`` in ``add`` mode, with the
 blur as two 1-D passes: :class:`~anomalib_rdx.components.anomaly_map.CosineDistanceMap`).
 """
@@ -36,6 +37,7 @@ class ReverseDistillationNetwork(DistillationNetwork):
         border_calibration: Standardise the map per distance to the border (see ``DistillationNetwork``).
         test_time_flips: Maps of mirror images averaged at inference (see ``DistillationNetwork``).
         flip_scope: What the flips change, the map or also the image score (see ``DistillationNetwork``).
+        map_sigma: Standard deviation of the map's Gaussian smoothing (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ReverseDistillationNetwork(DistillationNetwork):
         border_calibration: bool = False,
         test_time_flips: TestTimeFlips = "none",
         flip_scope: FlipScope = "map",
+        map_sigma: float = 4.0,
     ) -> None:
         super().__init__(
             input_size,
@@ -61,6 +64,7 @@ class ReverseDistillationNetwork(DistillationNetwork):
             border_calibration=border_calibration,
             test_time_flips=test_time_flips,
             flip_scope=flip_scope,
+            map_sigma=map_sigma,
         )
         self.teacher, self.pyramid = build_feature_extractor(
             backbone,
@@ -72,7 +76,7 @@ class ReverseDistillationNetwork(DistillationNetwork):
         check_input_size(input_size, self.pyramid, backbone)
         check_input_size(self.map_size, self.pyramid, backbone, argument="border_padding")
         self.bottleneck, self.decoder = build_student(backbone, self.pyramid)
-        self.anomaly_map_generator = CosineDistanceMap(self.map_size, mode="add")
+        self.anomaly_map_generator = CosineDistanceMap(self.map_size, sigma=self.map_sigma, mode="add")
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Parameters of the student (bottleneck and decoder)."""
@@ -92,6 +96,6 @@ class ReverseDistillationNetwork(DistillationNetwork):
         return teacher_features, self.student_features(teacher_features)
 
     def anomaly_map(self, features: tuple[list[torch.Tensor], list[torch.Tensor]]) -> torch.Tensor:
-        """Sum over scales of ``1 - cos(teacher, student)``, upsampled and blurred (sigma 4)."""
+        """Sum over scales of ``1 - cos(teacher, student)``, upsampled and blurred (``map_sigma``)."""
         teacher_features, student_features = features
         return self.anomaly_map_generator(teacher_features, student_features)

@@ -16,7 +16,7 @@ class DualStudentAnomalyMap(nn.Module):
     """Combine the per-pixel cosine distances of every student, across scales and across students.
 
     Each student's map is anomalib's reverse-distillation map (per-scale ``1 - cos``, upsampled,
-    combined by ``scale_combination``, Gaussian blur sigma 4); the students' maps are then combined by
+    combined by ``scale_combination``, Gaussian blur of ``sigma``); the students' maps are then combined by
     ``student_combination``.
 
     The defaults (``add`` x ``mean``) were chosen on training data only: on synthetic anomalies of
@@ -28,6 +28,7 @@ class DualStudentAnomalyMap(nn.Module):
         image_size: Output size ``(H, W)``.
         scale_combination: ``"add"`` or ``"multiply"`` the scales.
         student_combination: ``"mean"``, ``"max"`` or ``"multiply"`` the students.
+        sigma: Standard deviation of the Gaussian blur (4, anomalib's).
     """
 
     def __init__(
@@ -35,13 +36,14 @@ class DualStudentAnomalyMap(nn.Module):
         image_size: tuple[int, int],
         scale_combination: ScaleCombination = "add",
         student_combination: StudentCombination = "mean",
+        sigma: float = 4.0,
     ) -> None:
         super().__init__()
         if student_combination not in {"mean", "max", "multiply"}:
             msg = f"student_combination must be 'mean', 'max' or 'multiply', got {student_combination!r}."
             raise ValueError(msg)
         self.student_combination = student_combination
-        self.per_student = CosineDistanceMap(image_size, mode=scale_combination)
+        self.per_student = CosineDistanceMap(image_size, sigma=sigma, mode=scale_combination)
 
     def forward(self, teacher: Sequence[torch.Tensor], students: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
         """Anomaly map ``(B, 1, H, W)`` from teacher features and each student's features."""

@@ -52,6 +52,7 @@ class DualStudentKDModel(DistillationNetwork):
         border_calibration: Standardise the map per distance to the border (see ``DistillationNetwork``).
         test_time_flips: Maps of mirror images averaged at inference (see ``DistillationNetwork``).
         flip_scope: What the flips change, the map or also the image score (see ``DistillationNetwork``).
+        map_sigma: Standard deviation of the map's Gaussian smoothing (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class DualStudentKDModel(DistillationNetwork):
         border_calibration: bool = False,
         test_time_flips: TestTimeFlips = "none",
         flip_scope: FlipScope = "map",
+        map_sigma: float = 4.0,
     ) -> None:
         super().__init__(
             input_size,
@@ -80,6 +82,7 @@ class DualStudentKDModel(DistillationNetwork):
             border_calibration=border_calibration,
             test_time_flips=test_time_flips,
             flip_scope=flip_scope,
+            map_sigma=map_sigma,
         )
         if students not in {"both", "encoder", "decoder"}:
             msg = f"students must be 'both', 'encoder' or 'decoder', got {students!r}."
@@ -108,7 +111,9 @@ class DualStudentKDModel(DistillationNetwork):
                 self.df_embedding = PyramidBottleneck(
                     pyramid.channels[-1:], pyramid.reductions[-1:], embedding_channels=embedding_channels
                 )
-        self.anomaly_map_generator = DualStudentAnomalyMap(self.map_size, scale_combination, student_combination)
+        self.anomaly_map_generator = DualStudentAnomalyMap(
+            self.map_size, scale_combination, student_combination, sigma=self.map_sigma
+        )
 
     @staticmethod
     def _embedding_channels(bottleneck: nn.Module, deepest_channels: int) -> int:

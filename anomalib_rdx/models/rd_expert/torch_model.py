@@ -109,6 +109,7 @@ class RDExpertModel(ReverseDistillationNetwork):
         border_calibration: Standardise the map per distance to the border (see ``DistillationNetwork``).
         test_time_flips: Maps of mirror images averaged at inference (see ``DistillationNetwork``).
         flip_scope: What the flips change, the map or also the image score (see ``DistillationNetwork``).
+        map_sigma: Standard deviation of the map's Gaussian smoothing (see ``DistillationNetwork``).
     """
 
     def __init__(
@@ -128,6 +129,7 @@ class RDExpertModel(ReverseDistillationNetwork):
         border_calibration: bool = False,
         test_time_flips: TestTimeFlips = "none",
         flip_scope: FlipScope = "map",
+        map_sigma: float = 4.0,
     ) -> None:
         gii_mode = resolve_gii_mode(use_expert, gii_mode)
         map_reference = resolve_map_reference(use_expert, map_reference)
@@ -144,6 +146,7 @@ class RDExpertModel(ReverseDistillationNetwork):
             border_calibration=border_calibration,
             test_time_flips=test_time_flips,
             flip_scope=flip_scope,
+            map_sigma=map_sigma,
         )
         self.map_reference = map_reference
         self.expert: nn.Module | None = None
