@@ -56,7 +56,13 @@ from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from torchvision.transforms.v2 import Resize
 
-from anomalib_rdx.components.export import IMAGE_CONVOLUTIONS, comparison_nodes, int8_fp32_nodes, map_head_nodes
+from anomalib_rdx.components.export import (
+    IMAGE_CONVOLUTIONS,
+    INT8_OVERFLOW_FIX,
+    comparison_nodes,
+    int8_fp32_nodes,
+    map_head_nodes,
+)
 from anomalib_rdx.data.synthetic import replace_validation_split
 
 from .accuracy import BenchmarkConfig, add_val_blend_argument, load_benchmark_checkpoint, parsed_val_blend
@@ -66,15 +72,26 @@ from .deployment import DeploymentConfig, calibration_datamodule, checkpoint_arg
 logger = logging.getLogger(__name__)
 
 
-def _quantize(xml: Path, calibration: MVTecAD, ignore: Callable | None, preset: str | None) -> "openvino.Model":  # noqa: F821
+OVERFLOW_FIXES = ("nncf", "enable", "first_layer_only", "disable")
+"""NNCF's overflow fix (weights in 7 bits, against the saturating 16-bit sums of INT8 kernels without VNNI):
+``"nncf"`` leaves NNCF's default (the first quantised layer), the others set it; the package's ``INT8_PTQ``
+uses :data:`~anomalib_rdx.components.export.INT8_OVERFLOW_FIX`."""
+
+
+def _quantize(
+    xml: Path, calibration: MVTecAD, ignore: Callable | None, preset: str | None, overflow_fix: str = INT8_OVERFLOW_FIX
+) -> "openvino.Model":  # noqa: F821
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     model = ov.Core().read_model(xml)
     ignored = ignore(model) if ignore else []
     kwargs: dict = {"ignored_scope": nncf.IgnoredScope(names=ignored, validate=False)} if ignored else {}
     if preset:
         kwargs["preset"] = nncf.QuantizationPreset(preset)
+    if overflow_fix != "nncf":
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
     dataset = nncf.Dataset(calibration.val_dataloader(), lambda batch: batch.image)
     logger.info("quantising with %d operations kept in FP32, preset %s", len(ignored), preset or "default")
     return nncf.quantize(model, dataset, **kwargs)
@@ -202,6 +219,7 @@ def study(
     variants: list[str],
     workdir: Path,
     val_blend: tuple[float, float] | None = None,
+    overflow_fix: str = INT8_OVERFLOW_FIX,
 ) -> dict:
     """Export ``checkpoint`` once, quantise it per variant; AUROC of every runtime on validation and test."""
     import openvino as ov
@@ -216,7 +234,7 @@ def study(
     for variant in variants:
         ignore, preset = variant_rule(variant)
         path = workdir / f"int8_{variant}.xml"
-        ov.save_model(_quantize(fp32, calibration, ignore, preset), path)
+        ov.save_model(_quantize(fp32, calibration, ignore, preset, overflow_fix), path)
         artifacts[f"int8_{variant}"] = path
     evaluation = synthetic_validation(config, val_blend, workdir)
     previous = Path.cwd()
@@ -232,6 +250,7 @@ def study(
         "calibration_images": len(calibration.val_data),
         "validation_images": len(evaluation.val_data),
         "val_blend": list(val_blend) if val_blend else "anomalib (0.01, 0.2)",
+        "overflow_fix": overflow_fix,
         "test_images": len(evaluation.test_data),
         "validation": validation,
         "test": test,
@@ -269,6 +288,13 @@ def main(argv: list[str] | None = None) -> None:
         "convolutions from the image, 0: none); or fp32:<module prefix>[+...] (e.g. "
         "fp32:model.teacher+model.decoder): the map head and score in FP32 and those modules as well",
     )
+    parser.add_argument(
+        "--overflow-fix",
+        choices=OVERFLOW_FIXES,
+        default=INT8_OVERFLOW_FIX,
+        help="NNCF's overflow fix for every variant (weights in 7 bits: 'enable' in every layer, as the package's "
+        "INT8_PTQ; 'first_layer_only'; 'disable'); 'nncf': NNCF's default",
+    )
     add_val_blend_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/int8_study.json"))
     args = parser.parse_args(argv)
@@ -277,10 +303,13 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for name, checkpoint in args.checkpoint:
         with tempfile.TemporaryDirectory() as scratch:
-            results.append(study(name, checkpoint, config, args.variants, Path(scratch), blend))
+            results.append(study(name, checkpoint, config, args.variants, Path(scratch), blend, args.overflow_fix))
         print(f"\n{name}\n{_table(results[-1])}")
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"cpu": cpu_description(), "results": results}, indent=2))
+        # ONEDNN_MAX_CPU_ISA (e.g. AVX2) makes OpenVINO use the kernels of an older CPU: record it with the CPU
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+        document = {"cpu": cpu_description(), "onednn_max_cpu_isa": isa, "results": results}
+        args.output.write_text(json.dumps(document, indent=2))
 
 
 if __name__ == "__main__":
