@@ -177,8 +177,9 @@ def int8_fp32_nodes(
 
 
 INT8_OVERFLOW_FIX = "enable"
-"""NNCF overflow fix of the package's ``INT8_PTQ``: weights in 7 bits in every quantised layer, so that an IR
-gives the same accuracy on CPUs with and without VNNI (see :func:`quantize_int8`)."""
+"""NNCF overflow fix of the package's ``INT8_PTQ``: 7-bit weights in every quantised dense convolution (NNCF
+leaves depthwise kernels at 8 bits), so that an IR gives the same accuracy on CPUs with and without VNNI
+(see :func:`quantize_int8`)."""
 
 
 def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None) -> "openvino.Model":  # noqa: F821
@@ -187,8 +188,8 @@ def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None
     Keeps in FP32 what :func:`int8_fp32_nodes` names with the image convolutions and the comparison: the
     map head, the image score, the feature comparison with the convolutions producing the compared
     features, and the first :data:`IMAGE_CONVOLUTIONS` convolutions on every path from the image.
-    Weights are quantised to 7 bits in every layer (NNCF's overflow fix, :data:`INT8_OVERFLOW_FIX`; NNCF's
-    default fixes the first quantised layer only): CPUs without VNNI sum pairs of 8-bit products in
+    Dense convolutions get 7-bit weights in every layer (NNCF's overflow fix, :data:`INT8_OVERFLOW_FIX`;
+    NNCF's default fixes the first quantised layer only): CPUs without VNNI sum pairs of 8-bit products in
     saturating 16-bit registers, and there the package's INT8 lost 0.011 pixel AUROC of a
     MultiResolutionKD checkpoint that lost 0.003 on a CPU with VNNI; with the fix both lose 0.003-0.004
     (README, "INT8 on CPUs without VNNI").
