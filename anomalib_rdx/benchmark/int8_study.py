@@ -58,7 +58,6 @@ from torchvision.transforms.v2 import Resize
 
 from anomalib_rdx.components.export import (
     IMAGE_CONVOLUTIONS,
-    INT8_OVERFLOW_FIX,
     comparison_nodes,
     int8_fp32_nodes,
     map_head_nodes,
@@ -75,11 +74,11 @@ logger = logging.getLogger(__name__)
 OVERFLOW_FIXES = ("nncf", "enable", "first_layer_only", "disable")
 """NNCF's overflow fix (weights in 7 bits, against the saturating 16-bit sums of INT8 kernels without VNNI):
 ``"nncf"`` leaves NNCF's default (the first quantised layer), the others set it; the package's ``INT8_PTQ``
-uses :data:`~anomalib_rdx.components.export.INT8_OVERFLOW_FIX`."""
+keeps NNCF's default."""
 
 
 def _quantize(
-    xml: Path, calibration: MVTecAD, ignore: Callable | None, preset: str | None, overflow_fix: str = INT8_OVERFLOW_FIX
+    xml: Path, calibration: MVTecAD, ignore: Callable | None, preset: str | None, overflow_fix: str = "nncf"
 ) -> "openvino.Model":  # noqa: F821
     import nncf
     import openvino as ov
@@ -219,7 +218,7 @@ def study(
     variants: list[str],
     workdir: Path,
     val_blend: tuple[float, float] | None = None,
-    overflow_fix: str = INT8_OVERFLOW_FIX,
+    overflow_fix: str = "nncf",
 ) -> dict:
     """Export ``checkpoint`` once, quantise it per variant; AUROC of every runtime on validation and test."""
     import openvino as ov
@@ -291,9 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--overflow-fix",
         choices=OVERFLOW_FIXES,
-        default=INT8_OVERFLOW_FIX,
-        help="NNCF's overflow fix for every variant (weights in 7 bits: 'enable' in every layer, as the package's "
-        "INT8_PTQ; 'first_layer_only'; 'disable'); 'nncf': NNCF's default",
+        default="nncf",
+        help="NNCF's overflow fix for every variant (7-bit weights: 'enable' in every dense layer; "
+        "'first_layer_only'; 'disable'); 'nncf': NNCF's default (the first layer), as the package's INT8_PTQ",
     )
     add_val_blend_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/int8_study.json"))

@@ -176,29 +176,17 @@ def int8_fp32_nodes(
     return list(dict.fromkeys(names))
 
 
-INT8_OVERFLOW_FIX = "enable"
-"""NNCF overflow fix of the package's ``INT8_PTQ``: 7-bit weights in every quantised dense convolution (NNCF
-leaves depthwise kernels at 8 bits), so that an IR gives the same accuracy on CPUs with and without VNNI
-(see :func:`quantize_int8`)."""
-
-
 def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None) -> "openvino.Model":  # noqa: F821
     """NNCF post-training INT8 quantisation calibrated on ``datamodule``'s validation images.
 
     Keeps in FP32 what :func:`int8_fp32_nodes` names with the image convolutions and the comparison: the
     map head, the image score, the feature comparison with the convolutions producing the compared
     features, and the first :data:`IMAGE_CONVOLUTIONS` convolutions on every path from the image.
-    Dense convolutions get 7-bit weights in every layer (NNCF's overflow fix, :data:`INT8_OVERFLOW_FIX`;
-    NNCF's default fixes the first quantised layer only): CPUs without VNNI sum pairs of 8-bit products in
-    saturating 16-bit registers, and there the package's INT8 lost 0.011 pixel AUROC of a
-    MultiResolutionKD checkpoint that lost 0.003 on a CPU with VNNI; with the fix both lose 0.003-0.004
-    (README, "INT8 on CPUs without VNNI").
 
     Raises:
         ValueError: Without a datamodule, or when its validation split is made of test images.
     """
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     if datamodule is None:
         msg = "INT8_PTQ needs a datamodule: its validation images calibrate the quantisation."
@@ -232,5 +220,4 @@ def quantize_int8(model: "openvino.Model", datamodule: AnomalibDataModule | None
     )
     calibration = nncf.Dataset(dataloader, lambda batch: batch.image)
     ignored = nncf.IgnoredScope(names=kept_in_fp32, validate=False)  # not every op there is quantisable
-    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(INT8_OVERFLOW_FIX))
-    return nncf.quantize(model, calibration, ignored_scope=ignored, advanced_parameters=advanced)
+    return nncf.quantize(model, calibration, ignored_scope=ignored)
