@@ -56,12 +56,7 @@ from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from torchvision.transforms.v2 import Resize
 
-from anomalib_rdx.components.export import (
-    IMAGE_CONVOLUTIONS,
-    comparison_nodes,
-    int8_fp32_nodes,
-    map_head_nodes,
-)
+from anomalib_rdx.components.export import IMAGE_CONVOLUTIONS, comparison_nodes, int8_fp32_nodes, map_head_nodes
 from anomalib_rdx.data.synthetic import replace_validation_split
 
 from .accuracy import BenchmarkConfig, add_val_blend_argument, load_benchmark_checkpoint, parsed_val_blend
